@@ -1,0 +1,36 @@
+# dpeq developer commands. Everything runs inside .venv (created on demand).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+CONFIG ?= experiments/configs/fashion_mnist.py
+WORKDIR ?= runs/fashion_mnist
+PYTEST_ARGS ?=
+
+.PHONY: install test bench lint train reproduce-fmnist clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[data,dev]'
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS) tests
+
+bench: install
+	$(PY) -m experiments.bench.run
+
+lint: install
+	$(VENV)/bin/ruff check dpeq experiments tests
+
+train: install
+	$(PY) -m dpeq.train --config=$(CONFIG) --workdir=$(WORKDIR)
+
+reproduce-fmnist: install
+	$(PY) -m experiments.reproduce.fashion_mnist
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

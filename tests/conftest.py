@@ -1,0 +1,20 @@
+"""Shared pytest fixtures for dpeq."""
+
+import os
+
+# Tests run on CPU with deterministic, quiet defaults.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+from dpeq import paths  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_dir():
+  """The original Fashion-MNIST files, or skip when the checkout has none."""
+  path = paths.shared_data_dir("fashion_mnist")
+  if path is None:
+    pytest.skip("../shared/data/fashion_mnist is not present")
+  return path
