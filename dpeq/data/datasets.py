@@ -1,0 +1,313 @@
+"""Datasets as in-memory arrays: `load(name, split=...) -> ArrayDataset`.
+
+Images stay uint8 [N, H, W, C] on the host (C = 1 for grayscale); labels are
+int32 [N]. Augmentation and normalisation happen on device
+(`dpeq.data.augment`). Each official split is read once from its source
+(tfds or the original files) and cached as .npy (`dpeq.data.cache`), so later
+loads skip tfds and TensorFlow entirely.
+
+Splits: "train_valid" = the whole official training set; "valid" = its last
+`valid_size` examples (per-dataset default in `dpeq.data.specs`); "train" =
+the rest; "test" = the official test set. The held-out tail is taken in the
+source's order, which differs between tfds (its own fixed shuffle) and the
+raw files (original order), so "train"/"valid" are the same multiset across
+sources only as a union.
+
+Normalisation statistics (`DatasetInfo.mean` / `.std`, per channel, in [0, 1]
+units) are De et al.'s constants for CIFAR-10, the usual constants for
+ImageNet, and otherwise computed once over all pixels of "train_valid" and
+cached. Like every public codebase, dpeq treats these few numbers as public;
+strictly, statistics of the private training set are not covered by the DP
+guarantee.
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+
+from dpeq import paths
+from dpeq.data import cache, raw, specs, tfds_source
+from dpeq.data.raw import DatasetNotFoundError
+
+SOURCES = ("tfds", "raw")
+_STATS_CHUNK = 4096
+
+__all__ = ["ArrayDataset", "DatasetInfo", "DatasetNotFoundError", "SOURCES",
+           "load"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What a model and the augmentation need to know about a split.
+
+  Attributes:
+    name: dataset name (see `dpeq.data.specs.available()`).
+    num_examples: number of examples in this split.
+    num_classes: labels are in [0, num_classes).
+    image_shape: (H, W, C).
+    mean: per-channel mean of the training images in [0, 1] units (C floats).
+    std: per-channel standard deviation, like `mean`.
+  """
+
+  name: str
+  num_examples: int
+  num_classes: int
+  image_shape: tuple[int, int, int]
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ArrayDataset:
+  """One split in memory.
+
+  Attributes:
+    images: uint8 [N, H, W, C].
+    labels: int32 [N].
+    info: its `DatasetInfo` (info.num_examples == N).
+  """
+
+  images: np.ndarray
+  labels: np.ndarray
+  info: DatasetInfo
+
+  def __post_init__(self):
+    if self.images.dtype != np.uint8 or self.images.ndim != 4:
+      raise ValueError(f"images must be uint8 [N, H, W, C]; got "
+                       f"{self.images.dtype} {self.images.shape}.")
+    if self.labels.dtype != np.int32 or self.labels.shape != self.images.shape[:1]:
+      raise ValueError(f"labels must be int32 [{len(self.images)}]; got "
+                       f"{self.labels.dtype} {self.labels.shape}.")
+    if self.info.num_examples != len(self.images):
+      raise ValueError(f"info.num_examples={self.info.num_examples} but there "
+                       f"are {len(self.images)} images.")
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+
+def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...],
+                                               tuple[float, ...]]:
+  """Per-channel mean and std of uint8 [N, H, W, C] images, in [0, 1] units.
+
+  Statistics over all N * H * W pixels (population std), accumulated in
+  float64 over chunks of images so memory stays small.
+  """
+  channels = images.shape[-1]
+  total = np.zeros(channels)
+  total_sq = np.zeros(channels)
+  for start in range(0, len(images), _STATS_CHUNK):
+    chunk = images[start:start + _STATS_CHUNK].reshape(-1, channels)
+    chunk = chunk.astype(np.float64)
+    total += chunk.sum(axis=0)
+    total_sq += np.square(chunk).sum(axis=0)
+  count = images.size // channels
+  mean = total / count
+  std = np.sqrt(np.maximum(total_sq / count - np.square(mean), 0.0))
+  return tuple(float(m) for m in mean / 255), tuple(float(s) for s in std / 255)
+
+
+def _origin(spec, source, data_dir, raw_dir) -> str:
+  if source == "tfds":
+    return f"tfds:{spec.tfds_name}:{tfds_source.resolved_data_dir(data_dir)}"
+  return f"raw:{os.path.realpath(os.path.expanduser(raw_dir))}"
+
+
+class _Source:
+  """Reads (and caches) official-split rows of one dataset from one source."""
+
+  def __init__(self, spec, *, source, data_dir, manual_dir, raw_dir, cache_dir):
+    if source == "raw" and raw_dir is None:
+      raw_dir = paths.shared_data_dir(spec.name)
+      if raw_dir is None:
+        raise DatasetNotFoundError(
+            f"source='raw' needs raw_dir=<folder with "
+            f"{', '.join(spec.raw_files) or 'the original files'}> for "
+            f"{spec.name}."
+        )
+    self.spec, self.source = spec, source
+    self.data_dir, self.manual_dir, self.raw_dir = data_dir, manual_dir, raw_dir
+    self.cache_dir = cache_dir
+    self.origin = _origin(spec, source, data_dir, raw_dir)
+
+  def _entry(self, key):
+    return cache.entry_dir(self.cache_dir, dataset=self.spec.name,
+                           source=self.source, key=key)
+
+  def _tfds_split(self, split):
+    return "train" if split == "train" else self.spec.tfds_test_split
+
+  def split(self, split: str):
+    """(images, labels, meta) of the whole official "train" or "test"."""
+    entry = self._entry(split)
+    hit = cache.read(entry, origin=self.origin)
+    if hit is not None:
+      return hit
+    if self.source == "raw":
+      images, labels = raw.read(self.spec, self.raw_dir, split=split)
+    else:
+      images, labels = tfds_source.read(self.spec, split=self._tfds_split(split),
+                                        data_dir=self.data_dir,
+                                        manual_dir=self.manual_dir)
+    extra = {}
+    if split == "train" and self.spec.mean is None:
+      mean, std = channel_stats(images)
+      extra = {"mean": mean, "std": std}
+    cache.write(entry, images, labels, origin=self.origin, **extra)
+    return images, labels, dict(extra, num_examples=len(images))
+
+  def num_train(self) -> int:
+    """Size of the official training set (without reading it if possible)."""
+    meta = cache.read_meta(self._entry("train"), origin=self.origin)
+    if meta is not None:
+      return int(meta["num_examples"])
+    if self.source == "tfds":
+      return tfds_source.num_examples(self.spec, split="train",
+                                      data_dir=self.data_dir,
+                                      manual_dir=self.manual_dir)
+    return len(self.split("train")[1])
+
+  def rows(self, split: str, start: int, stop: int):
+    """(images, labels) of rows [start, stop) of an official split; only
+    those rows are read (and cached) from tfds."""
+    key = f"{split}[{start}:{stop}]"
+    entry = self._entry(key)
+    hit = cache.read(entry, origin=self.origin)
+    if hit is not None:
+      return hit[:2]
+    if self.source == "raw":
+      images, labels, _ = self.split(split)
+      return images[start:stop], labels[start:stop]
+    images, labels = tfds_source.read(
+        self.spec, split=f"{self._tfds_split(split)}[{start}:{stop}]",
+        data_dir=self.data_dir, manual_dir=self.manual_dir)
+    cache.write(entry, images, labels, origin=self.origin)
+    return images, labels
+
+  def stats(self):
+    if self.spec.mean is not None:
+      return tuple(self.spec.mean), tuple(self.spec.std)
+    meta = cache.read_meta(self._entry("train"), origin=self.origin)
+    if meta is None or "mean" not in meta:
+      meta = self.split("train")[2]
+    return tuple(meta["mean"]), tuple(meta["std"])
+
+
+def _row_range(split, num_train, valid_size):
+  """[start, stop) of `split` within its official split."""
+  if split == "valid":
+    return num_train - valid_size, num_train
+  if split == "train":
+    return 0, num_train - valid_size
+  return 0, num_train
+
+
+def _check_count(name, value, allow_none):
+  if value is None and allow_none:
+    return
+  if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+    raise ValueError(f"{name}={value!r} must be a positive int.")
+
+
+def load(
+    name: str,
+    *,
+    split: str,
+    source: str = "tfds",
+    data_dir: str | os.PathLike | None = None,
+    manual_dir: str | os.PathLike | None = None,
+    raw_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    valid_size: int | None = None,
+    max_examples: int | None = None,
+) -> ArrayDataset:
+  """Loads one split of a dataset into memory.
+
+  Args:
+    name: one of `dpeq.data.specs.available()`: cifar10, cifar100,
+      svhn_cropped, mnist, fashion_mnist, imagenette (160 px),
+      tiny_imagenet, imagenet2012.
+    split: "train", "valid" (held-out tail of the training set),
+      "train_valid" (the whole training set) or "test".
+    source: "tfds" (default) or "raw" (the original files in raw_dir).
+    data_dir: tfds data folder (None: $TFDS_DATA_DIR or ~/tensorflow_datasets).
+    manual_dir: folder with the original files from which tfds prepares
+      offline; None: `shared/data/<name>` beside the repository when present.
+    raw_dir: folder with the original files for source="raw"; None:
+      `shared/data/<name>` when present.
+    cache_dir: where loaded splits are cached as .npy (None:
+      $DPEQ_CACHE_DIR or ~/.cache/dpeq).
+    valid_size: examples held out as "valid" (None: the dataset's default,
+      e.g. 5,000 for CIFAR, 10,000 for the MNIST family).
+    max_examples: keep only the first max_examples of the split; the tfds
+      source then reads only those rows. Required for imagenet2012, whose
+      in-memory path is meant for subsets (it needs the manual ImageNet tars
+      in manual_dir; streaming is not built).
+
+  Returns:
+    ArrayDataset with images uint8 [N, H, W, C] and labels int32 [N].
+
+  Raises:
+    ValueError: for an unknown name, split or source, or bad sizes.
+    DatasetNotFoundError (a ValueError): when the data is not available
+      offline; its message says how to provide it (manual_dir, raw_dir or
+      TFDS_DATA_DIR). Raised before any download is attempted.
+  """
+  spec = specs.get_spec(name)
+  if split not in specs.SPLITS:
+    raise ValueError(f"split={split!r}: use one of {', '.join(specs.SPLITS)}.")
+  if source not in SOURCES:
+    raise ValueError(f"source={source!r}: use one of {', '.join(SOURCES)}.")
+  if source == "raw" and spec.raw_format is None:
+    raise ValueError(f"{name} has no raw source: use source='tfds' with "
+                     f"manual_dir holding {', '.join(spec.tfds_files)}.")
+  if source == "tfds" and spec.tfds_name is None:
+    raise ValueError(f"{name} is not in tfds: use source='raw' with raw_dir="
+                     f"<folder with {', '.join(spec.raw_files)}>.")
+  _check_count("valid_size", valid_size, allow_none=True)
+  _check_count("max_examples", max_examples, allow_none=True)
+  if spec.needs_max_examples and max_examples is None:
+    raise ValueError(
+        f"{name} does not fit in memory: pass max_examples (e.g. 100_000) to "
+        "load a subset; full-size training needs a streaming input pipeline, "
+        "which dpeq does not provide yet."
+    )
+  valid_size = spec.valid_size if valid_size is None else int(valid_size)
+  reader = _Source(spec, source=source, data_dir=data_dir, manual_dir=manual_dir,
+                   raw_dir=raw_dir, cache_dir=cache_dir)
+  base = "test" if split == "test" else "train"
+
+  if spec.needs_max_examples:
+    if base == "test":
+      count = tfds_source.num_examples(spec, split=spec.tfds_test_split,
+                                       data_dir=data_dir, manual_dir=manual_dir)
+    else:
+      count = reader.num_train()
+    start, stop = (0, count) if base == "test" else _row_range(split, count,
+                                                               valid_size)
+    _check_valid_size(name, split, valid_size, count)
+    stop = min(stop, start + max_examples)
+    images, labels = reader.rows(base, start, stop)
+  else:
+    images, labels, _ = reader.split(base)
+    if base == "train":
+      _check_valid_size(name, split, valid_size, len(images))
+      start, stop = _row_range(split, len(images), valid_size)
+      images, labels = images[start:stop], labels[start:stop]
+    if max_examples is not None:
+      images, labels = images[:max_examples], labels[:max_examples]
+
+  mean, std = reader.stats()
+  info = DatasetInfo(name=name, num_examples=len(images),
+                     num_classes=spec.num_classes, image_shape=spec.image_shape,
+                     mean=mean, std=std)
+  return ArrayDataset(images=images, labels=labels, info=info)
+
+
+def _check_valid_size(name, split, valid_size, num_train):
+  if split in ("train", "valid") and valid_size >= num_train:
+    raise ValueError(
+        f"valid_size={valid_size} leaves no training examples of {name} "
+        f"({num_train} in all): use valid_size < {num_train}."
+    )

@@ -1,0 +1,383 @@
+"""Privacy accounting of DP-SGD on dp_accounting: epsilon and calibration.
+
+The float-in/float-out functions are for Poisson-sampled Gaussian DP-SGD
+under add/remove-one adjacency: T updates, each a Gaussian mechanism with
+noise multiplier sigma on a Poisson sample of rate q, i.e. the DpEvent
+SelfComposedDpEvent(PoissonSampledDpEvent(q, GaussianDpEvent(sigma)), T).
+Other samplers give their own DpEvent (dpeq.privacy.sampling) for
+`epsilon_of_event` and `PrivacyLedger`.
+
+Two accountants: "pld" (privacy loss distributions, the default; tight up to
+the discretization, which rounds pessimistically) and "rdp" (Renyi DP with
+dp_accounting's improved RDP -> (epsilon, delta) conversion; looser, usually
+by 5-10%). Both return upper bounds on the true epsilon.
+"""
+
+from collections.abc import Callable, Iterator
+import contextlib
+import logging
+import math
+import warnings
+
+from absl import logging as absl_logging
+import dp_accounting
+from dp_accounting.pld import pld_privacy_accountant
+from dp_accounting.rdp import rdp_privacy_accountant
+
+ACCOUNTANTS = ("pld", "rdp")
+DEFAULT_VALUE_DISCRETIZATION_INTERVAL = 1e-4
+# Above this, the noise would drown any signal: we call a target unreachable.
+MAX_NOISE_MULTIPLIER = 1e3
+# Below this, calibration stops searching (the target is met already).
+MIN_NOISE_MULTIPLIER = 1e-2
+MAX_STEPS = 10**8
+
+
+class _DropNonConvergence(logging.Filter):
+  """Drops dp_accounting's 'failed to converge' warnings (RDP orders that
+  fail to converge are excluded from the minimum: harmless, and noisy)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "failed to converge" not in str(record.msg)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+  logger = absl_logging.get_absl_logger()
+  log_filter = _DropNonConvergence()
+  logger.addFilter(log_filter)
+  try:
+    yield
+  finally:
+    logger.removeFilter(log_filter)
+
+
+def _check_delta(delta: float) -> float:
+  delta = float(delta)
+  if not 0 < delta < 1:
+    raise ValueError(
+        f"delta={delta} must be in (0, 1); use delta < 1/num_examples, "
+        "e.g. 1e-5 for CIFAR-10."
+    )
+  return delta
+
+
+def _check_accountant(accountant: str) -> str:
+  if accountant not in ACCOUNTANTS:
+    raise ValueError(
+        f"accountant={accountant!r} is not one of {ACCOUNTANTS}.")
+  return accountant
+
+
+def _check_positive(name: str, value: float) -> float:
+  value = float(value)
+  if not value > 0 or math.isinf(value):
+    raise ValueError(f"{name}={value} must be a finite number > 0.")
+  return value
+
+
+def _check_rate(sampling_rate: float) -> float:
+  sampling_rate = float(sampling_rate)
+  if not 0 < sampling_rate <= 1:
+    raise ValueError(
+        f"sampling_rate={sampling_rate} must be in (0, 1]: it is "
+        "expected_batch_size / num_examples."
+    )
+  return sampling_rate
+
+
+def _check_steps(steps: int) -> int:
+  if isinstance(steps, bool) or int(steps) != steps or steps < 0:
+    raise ValueError(f"steps={steps!r} must be an int >= 0.")
+  return int(steps)
+
+
+def warn_if_delta_too_large(delta: float, num_examples: int) -> None:
+  """Warns when delta >= 1/n (then "leak one example" would satisfy it)."""
+  if delta >= 1.0 / num_examples:
+    warnings.warn(
+        f"delta={delta} is >= 1/num_examples = {1.0 / num_examples:.3g}: a "
+        "mechanism that publishes one random example is (0, delta)-DP at "
+        "this delta. Use delta well below 1/num_examples.",
+        stacklevel=2,
+    )
+
+
+def make_accountant(
+    accountant: str = "pld", *,
+    value_discretization_interval: float = DEFAULT_VALUE_DISCRETIZATION_INTERVAL,
+) -> dp_accounting.PrivacyAccountant:
+  """A fresh dp_accounting accountant (add/remove-one adjacency)."""
+  _check_accountant(accountant)
+  if accountant == "pld":
+    _check_positive("value_discretization_interval",
+                    value_discretization_interval)
+    return pld_privacy_accountant.PLDAccountant(
+        value_discretization_interval=value_discretization_interval)
+  return rdp_privacy_accountant.RdpAccountant()
+
+
+def dp_sgd_event(*, noise_multiplier: float, sampling_rate: float,
+                 steps: int) -> dp_accounting.DpEvent:
+  """The DpEvent of Poisson-sampled Gaussian DP-SGD."""
+  return dp_accounting.SelfComposedDpEvent(
+      dp_accounting.PoissonSampledDpEvent(
+          sampling_rate, dp_accounting.GaussianDpEvent(noise_multiplier)),
+      steps)
+
+
+def epsilon_of_event(
+    event: dp_accounting.DpEvent, *, delta: float, accountant: str = "pld",
+    value_discretization_interval: float = DEFAULT_VALUE_DISCRETIZATION_INTERVAL,
+) -> float:
+  """Epsilon at `delta` of any DpEvent (inf for a non-private one).
+
+  Raises:
+    ValueError: if `delta` is not in (0, 1), or the accountant does not
+      support the event (e.g. a truncated Poisson event with "rdp").
+  """
+  delta = _check_delta(delta)
+  acc = make_accountant(
+      accountant, value_discretization_interval=value_discretization_interval)
+  if not acc.supports(event):
+    raise ValueError(
+        f"The {accountant!r} accountant does not support {event}; use "
+        f"the other accountant ({ACCOUNTANTS})."
+    )
+  with _quiet():
+    return float(acc.compose(event).get_epsilon(delta))
+
+
+def epsilon(
+    *, noise_multiplier: float, sampling_rate: float, steps: int,
+    delta: float, accountant: str = "pld",
+    value_discretization_interval: float = DEFAULT_VALUE_DISCRETIZATION_INTERVAL,
+) -> float:
+  """Epsilon of `steps` updates of Poisson-sampled Gaussian DP-SGD.
+
+  Args:
+    noise_multiplier: sigma >= 0 (noise std / sensitivity); 0 gives inf.
+    sampling_rate: q = expected_batch_size / num_examples, in (0, 1].
+    steps: T >= 0 optimizer updates (0 gives 0).
+    delta: in (0, 1).
+    accountant: "pld" or "rdp".
+    value_discretization_interval: PLD discretization (1e-3 is ~5x faster
+      and agrees to ~3 decimals).
+
+  Returns:
+    An epsilon such that the T updates are (epsilon, delta)-DP under
+    add/remove of one example.
+  """
+  noise_multiplier = float(noise_multiplier)
+  if not noise_multiplier >= 0:
+    raise ValueError(f"noise_multiplier={noise_multiplier} must be >= 0.")
+  _check_delta(delta)
+  _check_accountant(accountant)
+  sampling_rate = _check_rate(sampling_rate)
+  steps = _check_steps(steps)
+  if steps == 0:
+    return 0.0
+  if noise_multiplier == 0:
+    return math.inf
+  return epsilon_of_event(
+      dp_sgd_event(noise_multiplier=noise_multiplier,
+                   sampling_rate=sampling_rate, steps=steps),
+      delta=delta, accountant=accountant,
+      value_discretization_interval=value_discretization_interval)
+
+
+def calibrate_noise_multiplier(
+    *, target_epsilon: float, sampling_rate: float, steps: int,
+    delta: float, accountant: str = "pld",
+    value_discretization_interval: float = DEFAULT_VALUE_DISCRETIZATION_INTERVAL,
+) -> float:
+  """The smallest sigma (to 1e-6) with epsilon(sigma) <= target_epsilon.
+
+  The returned sigma always satisfies epsilon(sigma) <= target_epsilon.
+
+  Raises:
+    ValueError: on bad inputs, or if even sigma = MAX_NOISE_MULTIPLIER
+      exceeds the target (then lower the steps or the sampling rate, or raise
+      the target epsilon).
+  """
+  target_epsilon = _check_positive("target_epsilon", target_epsilon)
+  _check_delta(delta)
+  _check_accountant(accountant)
+  sampling_rate = _check_rate(sampling_rate)
+  steps = _check_steps(steps)
+  if steps == 0:
+    raise ValueError("steps=0 needs no noise: use steps >= 1.")
+  eps_of = lambda sigma: epsilon(
+      noise_multiplier=sigma, sampling_rate=sampling_rate, steps=steps,
+      delta=delta, accountant=accountant,
+      value_discretization_interval=value_discretization_interval)
+  if eps_of(MAX_NOISE_MULTIPLIER) > target_epsilon:
+    raise ValueError(
+        f"target_epsilon={target_epsilon} needs a noise multiplier above "
+        f"{MAX_NOISE_MULTIPLIER} at {steps} steps, sampling rate "
+        f"{sampling_rate}: use fewer steps, a smaller batch or a larger "
+        "target_epsilon."
+    )
+  if eps_of(MIN_NOISE_MULTIPLIER) <= target_epsilon:
+    return MIN_NOISE_MULTIPLIER
+  with _quiet():
+    sigma = dp_accounting.calibrate_dp_mechanism(
+        lambda: make_accountant(
+            accountant,
+            value_discretization_interval=value_discretization_interval),
+        lambda s: dp_sgd_event(noise_multiplier=s, sampling_rate=sampling_rate,
+                               steps=steps),
+        target_epsilon, delta,
+        bracket_interval=dp_accounting.ExplicitBracketInterval(
+            MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER),
+    )
+  return float(sigma)
+
+
+def _largest_int(predicate: Callable[[int], bool], lower: int,
+                 upper: int) -> int:
+  """The largest x in [lower, upper) with predicate(x), given predicate(lower)
+  and a predicate that is monotone (true, then false)."""
+  # Exponential search for a failing upper end, then bisection.
+  step = 1
+  while lower + step < upper and predicate(lower + step):
+    lower += step
+    step *= 2
+  upper = min(upper, lower + step)
+  while upper - lower > 1:
+    middle = (lower + upper) // 2
+    if predicate(middle):
+      lower = middle
+    else:
+      upper = middle
+  return lower
+
+
+def calibrate_steps(
+    *, target_epsilon: float, noise_multiplier: float, sampling_rate: float,
+    delta: float, accountant: str = "pld",
+    value_discretization_interval: float = DEFAULT_VALUE_DISCRETIZATION_INTERVAL,
+) -> int:
+  """The LARGEST number of updates T with epsilon(T) <= target_epsilon.
+
+  Raises:
+    ValueError: on bad inputs, or if a single update already exceeds the
+      target (raise the noise multiplier or lower the sampling rate).
+  """
+  target_epsilon = _check_positive("target_epsilon", target_epsilon)
+  noise_multiplier = _check_positive("noise_multiplier", noise_multiplier)
+  _check_delta(delta)
+  _check_accountant(accountant)
+  sampling_rate = _check_rate(sampling_rate)
+  within = lambda steps: epsilon(
+      noise_multiplier=noise_multiplier, sampling_rate=sampling_rate,
+      steps=steps, delta=delta, accountant=accountant,
+      value_discretization_interval=value_discretization_interval,
+  ) <= target_epsilon
+  if not within(1):
+    raise ValueError(
+        f"One update at noise_multiplier={noise_multiplier}, sampling rate "
+        f"{sampling_rate} already exceeds target_epsilon={target_epsilon}: "
+        "raise the noise multiplier or the target."
+    )
+  return _largest_int(within, 1, MAX_STEPS)
+
+
+def calibrate_batch_size(
+    *, target_epsilon: float, noise_multiplier: float, num_examples: int,
+    steps: int, delta: float, accountant: str = "pld",
+    value_discretization_interval: float = DEFAULT_VALUE_DISCRETIZATION_INTERVAL,
+) -> int:
+  """The LARGEST expected batch size B with epsilon(q = B / n) <= target.
+
+  Raises:
+    ValueError: on bad inputs, or if even B = 1 exceeds the target.
+  """
+  target_epsilon = _check_positive("target_epsilon", target_epsilon)
+  noise_multiplier = _check_positive("noise_multiplier", noise_multiplier)
+  _check_delta(delta)
+  _check_accountant(accountant)
+  steps = _check_steps(steps)
+  if isinstance(num_examples, bool) or int(num_examples) != num_examples or (
+      num_examples < 1):
+    raise ValueError(f"num_examples={num_examples!r} must be a positive int.")
+  num_examples = int(num_examples)
+  warn_if_delta_too_large(delta, num_examples)
+  within = lambda batch_size: epsilon(
+      noise_multiplier=noise_multiplier, sampling_rate=batch_size / num_examples,
+      steps=steps, delta=delta, accountant=accountant,
+      value_discretization_interval=value_discretization_interval,
+  ) <= target_epsilon
+  if not within(1):
+    raise ValueError(
+        f"Even an expected batch of 1 (of {num_examples}) exceeds "
+        f"target_epsilon={target_epsilon} at {steps} steps and "
+        f"noise_multiplier={noise_multiplier}: use fewer steps or more noise."
+    )
+  return _largest_int(within, 1, num_examples + 1)
+
+
+class PrivacyLedger:
+  """Epsilon spent by a run, after any number of updates.
+
+  Holds the sampler (anything with `dp_event(noise_multiplier=,
+  num_updates=)`, `num_examples` and `neighboring_relation`, e.g.
+  dpeq.privacy.sampling.PoissonSampler), the noise multiplier and delta.
+  `epsilon()` is computed from scratch for the current number of updates
+  (memoized only per exact count, so it is never stale).
+  """
+
+  def __init__(self, *, sampler, noise_multiplier: float, delta: float,
+               accountant: str = "pld", num_updates: int = 0,
+               value_discretization_interval: float = (
+                   DEFAULT_VALUE_DISCRETIZATION_INTERVAL)):
+    self.delta = _check_delta(delta)
+    self.accountant = _check_accountant(accountant)
+    self.noise_multiplier = float(noise_multiplier)
+    if not self.noise_multiplier >= 0:
+      raise ValueError(
+          f"noise_multiplier={noise_multiplier} must be >= 0.")
+    self.sampler = sampler
+    self.value_discretization_interval = value_discretization_interval
+    self.num_updates = _check_steps(num_updates)
+    self._cache: dict[int, float] = {}
+    warn_if_delta_too_large(self.delta, sampler.num_examples)
+
+  def record(self, num_updates: int = 1) -> None:
+    """Records `num_updates` more noisy updates."""
+    self.num_updates += _check_steps(num_updates)
+
+  def epsilon_at(self, num_updates: int) -> float:
+    """Epsilon (at self.delta) after `num_updates` updates."""
+    num_updates = _check_steps(num_updates)
+    if num_updates not in self._cache:
+      if num_updates == 0:
+        value = 0.0
+      elif self.noise_multiplier == 0:
+        value = math.inf
+      else:
+        value = epsilon_of_event(
+            self.sampler.dp_event(noise_multiplier=self.noise_multiplier,
+                                  num_updates=num_updates),
+            delta=self.delta, accountant=self.accountant,
+            value_discretization_interval=self.value_discretization_interval)
+      self._cache[num_updates] = value
+    return self._cache[num_updates]
+
+  def epsilon(self) -> float:
+    """Epsilon spent after the updates recorded so far."""
+    return self.epsilon_at(self.num_updates)
+
+  def to_dict(self) -> dict:
+    """A JSON-able summary (e.g. for privacy.json)."""
+    return {
+        "epsilon": self.epsilon(),
+        "delta": self.delta,
+        "num_updates": self.num_updates,
+        "noise_multiplier": self.noise_multiplier,
+        "sampling": type(self.sampler).__name__,
+        "sampling_rate": self.sampler.sampling_rate,
+        "num_examples": self.sampler.num_examples,
+        "neighboring_relation": self.sampler.neighboring_relation,
+        "accountant": self.accountant,
+    }

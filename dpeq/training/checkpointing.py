@@ -1,0 +1,166 @@
+"""Checkpoints of a training run: save, keep the last N, resume the latest.
+
+A checkpoint holds everything the loop needs to continue bit for bit: the
+`TrainState` pytree (params, optimizer state, privatizer state with its noise
+key, averages, update step) as arrays, and a small JSON record with the data
+key, the privacy ledger and the length of `metrics.jsonl` at that moment.
+Batches need no saved position: the sampler is a pure function of (seed,
+update step), and so are the augmentation keys.
+
+Atomicity: orbax writes each step into a temporary directory and renames it
+when complete, so a run killed at any point leaves only whole checkpoints;
+`latest_step` sees only those. Old checkpoints beyond `keep` are deleted
+after a new one is complete.
+
+metrics.jsonl after a resume (the rule): the checkpoint of update step s
+stores the byte length of metrics.jsonl right after every record of steps
+<= s (and nothing later) was written. On resume the file is truncated to that
+length, dropping the records of steps > s that the interrupted run wrote
+after its last checkpoint (they are written again, identically, by the
+resumed run) and any half-written line. So no record is lost or duplicated.
+TensorBoard event files are append-only: scalars of the replayed steps
+appear twice there, with identical values.
+"""
+
+from collections.abc import Mapping
+import os
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+PyTree = Any
+CHECKPOINT_DIR = "checkpoints"
+
+
+def _is_key(x: Any) -> bool:
+  dtype = getattr(x, "dtype", None)
+  return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+
+
+def _keys_to_data(tree: PyTree) -> PyTree:
+  """Typed PRNG keys -> their uint32 data (orbax stores plain arrays)."""
+  return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x,
+                      tree)
+
+
+def _abstract(tree: PyTree) -> PyTree:
+  """ShapeDtypeStructs (with shardings) of `tree`, keys as their data."""
+
+  def leaf(x):
+    if _is_key(x):
+      x = jax.random.key_data(x)
+    sharding = getattr(x, "sharding", None)
+    return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
+
+  return jax.tree.map(leaf, tree)
+
+
+def _data_to_keys(restored: PyTree, like: PyTree) -> PyTree:
+  """Inverse of `_keys_to_data`, using the key implementations of `like`."""
+
+  def leaf(data, ref):
+    if _is_key(ref):
+      return jax.random.wrap_key_data(data, impl=jax.random.key_impl(ref))
+    return data
+
+  return jax.tree.map(leaf, restored, like)
+
+
+class Checkpointer:
+  """Saves and restores training checkpoints under `workdir/checkpoints`.
+
+  Every process of a multi-host run must make the same calls (orbax
+  synchronizes them); only process 0 writes the JSON record.
+  """
+
+  def __init__(self, workdir: str | os.PathLike, *, keep: int):
+    """Opens (or creates) the checkpoint directory of a run.
+
+    Args:
+      workdir: the run's directory.
+      keep: how many of the most recent checkpoints to keep (>= 1).
+    """
+    if keep < 1:
+      raise ValueError(f"keep={keep} must be at least 1 (config.checkpoint."
+                       "keep).")
+    self.directory = pathlib.Path(workdir).resolve() / CHECKPOINT_DIR
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=False)
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options, item_names=("state", "record"))
+
+  def latest_step(self) -> int | None:
+    """The update step of the newest complete checkpoint, or None."""
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    """Update steps of the complete checkpoints on disk, oldest first."""
+    self._manager.reload()
+    return sorted(self._manager.all_steps())
+
+  def save(self, step: int, *, state: PyTree,
+           record: Mapping[str, Any]) -> None:
+    """Writes checkpoint `step` (blocking; atomic on disk).
+
+    Args:
+      step: the update step of `state` (number of updates applied).
+      state: the TrainState pytree (jax arrays; typed keys allowed).
+      record: JSON-serializable extras (data key, ledger, metrics length).
+    """
+    self._manager.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(_keys_to_data(state)),
+            record=ocp.args.JsonSave(dict(record))),
+        force=True)
+    self._manager.wait_until_finished()
+
+  def restore(self, step: int, *, like: PyTree) -> tuple[PyTree, dict]:
+    """Reads checkpoint `step`.
+
+    Args:
+      step: a step from `all_steps()`.
+      like: a TrainState of the same structure (e.g. a fresh init); the
+        restored arrays get its shapes, dtypes and shardings.
+
+    Returns:
+      (state, record) as saved.
+    """
+    restored = self._manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(_abstract(like)),
+            record=ocp.args.JsonRestore()))
+    return _data_to_keys(restored["state"], like), dict(restored["record"])
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def metrics_length(path: str | os.PathLike) -> int:
+  """Current byte length of a metrics file (0 when it does not exist)."""
+  try:
+    return os.path.getsize(path)
+  except FileNotFoundError:
+    return 0
+
+
+def truncate_metrics(path: str | os.PathLike, *, length: int) -> None:
+  """Cuts a metrics file back to `length` bytes (see the module docstring)."""
+  path = pathlib.Path(path)
+  if not path.exists():
+    if length:
+      raise ValueError(
+          f"{path} is missing but the checkpoint expects {length} bytes of "
+          "metrics; restore the file or start a fresh workdir.")
+    return
+  size = path.stat().st_size
+  if size < length:
+    raise ValueError(
+        f"{path} has {size} bytes but the checkpoint recorded {length}; the "
+        "metrics file was modified outside the run.")
+  with open(path, "r+b") as f:
+    f.truncate(length)

@@ -1,0 +1,543 @@
+"""Experiment configuration: the schema, its validation and its resolution.
+
+An experiment is one `ml_collections.ConfigDict`. `base_config()` returns every
+field with its default; experiment files (`experiments/configs/NAME.py`) start
+from it and change what they need. `validate(config)` checks the fields that
+can be checked without data and raises `ConfigError` naming the field and what
+to change. `resolve(config, num_examples=n)` checks what needs the dataset size
+and fills the two calibrated quantities:
+
+* `dp.noise_multiplier` (sigma) when it is None: the smallest sigma whose
+  epsilon after `training.num_updates` updates stays within
+  `dp.target_epsilon`;
+* `training.num_updates` (T) when it is None: the largest T whose epsilon at
+  `dp.noise_multiplier` stays within `dp.target_epsilon`.
+
+Exactly one of them may be None in a private run; a non-private run
+(`dp.non_private=True`) has sigma = 0 and needs an explicit T. The sampling
+rate is q = `training.expected_batch_size` / n, with n the number of training
+examples after `data.subset`.
+"""
+
+import math
+import pathlib
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from ml_collections import config_dict
+
+ConfigDict = config_dict.ConfigDict
+
+ACCOUNTANTS = ("pld", "rdp")
+SAMPLINGS = ("poisson", "shuffle")
+LR_SCHEDULES = ("constant", "cosine", "warmup_cosine", "piecewise")
+DATA_SOURCES = ("tfds", "raw")
+# Used only when dpeq.models / dpeq.training.optimizers cannot be imported.
+_FALLBACK_MODELS = (
+    "resnet9", "eq_resnet9", "wrn", "eq_wrn", "nf_resnet50", "cnn_tramer",
+    "eq_cnn",
+)
+_FALLBACK_OPTIMIZERS = ("sgd", "adam", "adamw")
+_EMA_NAME = re.compile(r"^ema_(.+)$")
+
+
+class ConfigError(ValueError):
+  """A config field has a value the runner cannot use; the message says why."""
+
+
+def base_config() -> ConfigDict:
+  """Every field of the experiment schema with its default.
+
+  The defaults describe a small private Fashion-MNIST run (epsilon 3 over 500
+  updates, sigma calibrated); experiment files override what they need. Fields that default to None are typed
+  placeholders, so command-line overrides such as
+  `--config.dp.noise_multiplier=1.1` parse to the right type.
+
+  Returns:
+    A fresh, unlocked ConfigDict.
+  """
+  c = ConfigDict()
+  c.seed = 0
+
+  c.dp = ConfigDict()
+  c.dp.noise_multiplier = config_dict.placeholder(float)
+  c.dp.target_epsilon = 3.0
+  c.dp.delta = 1e-5
+  c.dp.l2_clip_norm = 1.0
+  c.dp.accountant = "pld"
+  c.dp.sampling = "poisson"
+  c.dp.rescale_to_unit_norm = False
+  c.dp.non_private = False
+
+  c.training = ConfigDict()
+  c.training.expected_batch_size = 256
+  c.training.micro_batch_size = 64
+  c.training.num_updates = 500
+  c.training.augmult = 1
+  c.training.optimizer = ConfigDict()
+  c.training.optimizer.name = "sgd"
+  c.training.optimizer.learning_rate = 1.0
+  c.training.optimizer.momentum = 0.0
+  c.training.optimizer.nesterov = False
+  c.training.optimizer.weight_decay = 0.0
+  c.training.optimizer.b1 = 0.9
+  c.training.optimizer.b2 = 0.999
+  c.training.lr_schedule = ConfigDict()
+  c.training.lr_schedule.name = "constant"
+  c.training.lr_schedule.warmup_updates = 0
+  c.training.lr_schedule.boundaries = ()
+  c.training.lr_schedule.scales = ()
+  c.training.ema_decays = (0.999,)
+  c.training.polyak = True
+
+  c.model = ConfigDict()
+  c.model.name = "cnn_tramer"
+  c.model.kwargs = ConfigDict()
+
+  c.data = ConfigDict()
+  c.data.dataset = "fashion_mnist"
+  c.data.source = "tfds"
+  c.data.data_dir = config_dict.placeholder(str)
+  c.data.manual_dir = config_dict.placeholder(str)
+  c.data.raw_dir = config_dict.placeholder(str)
+  c.data.cache_dir = config_dict.placeholder(str)
+  c.data.train_split = "train"
+  c.data.eval_split = "test"
+  c.data.subset = config_dict.placeholder(int)
+  c.data.augmentation = ConfigDict()
+  c.data.augmentation.crop_padding = 0
+  c.data.augmentation.random_flip = False
+  c.data.augmentation.vertical_flip = False
+  c.data.augmentation.random_rot90 = False
+  c.data.augmentation.view0_identity = False
+
+  c.eval = ConfigDict()
+  c.eval.every_updates = 100
+  c.eval.batch_size = 1000
+  c.eval.params = ("last", "ema_0.999", "polyak")
+
+  c.checkpoint = ConfigDict()
+  c.checkpoint.every_updates = 50
+  c.checkpoint.keep = 3
+
+  c.logging = ConfigDict()
+  c.logging.every_updates = 1
+  c.logging.tensorboard = True
+  c.logging.progress_bar = True
+
+  c.distributed = ConfigDict()
+  c.distributed.coordinator_address = config_dict.placeholder(str)
+  c.distributed.num_processes = 1
+  c.distributed.process_id = 0
+  return c
+
+
+# ----------------------------------------------------------------------------
+# Validation.
+
+
+def _fail(field: str, value: Any, fix: str) -> None:
+  raise ConfigError(f"config.{field}={value!r}: {fix}")
+
+
+def _check_schema(config: Mapping[str, Any], schema: Mapping[str, Any],
+                  prefix: str) -> None:
+  """Every field of `config` exists in `schema` (free-form model.kwargs)."""
+  for key in config.keys():
+    field = f"{prefix}{key}"
+    if key not in schema:
+      known = ", ".join(sorted(schema.keys()))
+      raise ConfigError(
+          f"config.{field} is not a field of the experiment schema; known "
+          f"fields here: {known}. Fix the spelling or remove it.")
+    if field == "model.kwargs":
+      continue
+    if isinstance(schema[key], ConfigDict):
+      if not isinstance(config[key], (ConfigDict, Mapping)):
+        _fail(field, config[key], "must be a group of fields (a ConfigDict).")
+      _check_schema(config[key], schema[key], f"{field}.")
+  for key in schema.keys():
+    if key not in config:
+      _fail(f"{prefix}{key}", None,
+            "is missing; start the config from "
+            "dpeq.training.config.base_config().")
+
+
+def _is_int(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _positive_int(config: ConfigDict, field: str, *, allow_none=False,
+                  allow_zero=False) -> None:
+  value = _get(config, field)
+  if value is None and allow_none:
+    return
+  low = 0 if allow_zero else 1
+  if not _is_int(value) or value < low:
+    what = "a non-negative" if allow_zero else "a positive"
+    _fail(field, value, f"must be {what} integer"
+          + (" or None." if allow_none else "."))
+
+
+def _get(config: ConfigDict, field: str) -> Any:
+  value = config
+  for part in field.split("."):
+    value = value[part]
+  return value
+
+
+def _choice(config: ConfigDict, field: str, choices: tuple[str, ...]) -> None:
+  value = _get(config, field)
+  if value not in choices:
+    _fail(field, value, f"must be one of {', '.join(map(repr, choices))}.")
+
+
+def available_models() -> tuple[str, ...]:
+  """Model names `dpeq.models.create` accepts."""
+  try:
+    from dpeq import models  # pylint: disable=g-import-not-at-top
+    return tuple(models.available())
+  except (ImportError, AttributeError):
+    return _FALLBACK_MODELS
+
+
+def available_optimizers() -> tuple[str, ...]:
+  """Optimizer names `dpeq.training.optimizers` accepts."""
+  try:
+    from dpeq.training import optimizers  # pylint: disable=g-import-not-at-top
+    return tuple(optimizers.available())
+  except (ImportError, AttributeError):
+    return _FALLBACK_OPTIMIZERS
+
+
+def validate(config: ConfigDict) -> None:
+  """Checks every field that can be checked without loading data.
+
+  Args:
+    config: an experiment config built from `base_config()`.
+
+  Raises:
+    ConfigError: naming the first bad field, its value and what to change.
+  """
+  _check_schema(config, base_config(), "")
+  if not _is_int(config.seed) or config.seed < 0:
+    _fail("seed", config.seed, "must be a non-negative integer.")
+
+  # --- dp
+  dp = config.dp
+  if not isinstance(dp.non_private, bool):
+    _fail("dp.non_private", dp.non_private, "must be True or False.")
+  _choice(config, "dp.accountant", ACCOUNTANTS)
+  _choice(config, "dp.sampling", SAMPLINGS)
+  if not _is_number(dp.l2_clip_norm) or not dp.l2_clip_norm > 0:
+    _fail("dp.l2_clip_norm", dp.l2_clip_norm,
+          "must be a positive number (the per-example gradient clip norm).")
+  if dp.non_private:
+    if dp.noise_multiplier not in (None, 0, 0.0):
+      _fail("dp.noise_multiplier", dp.noise_multiplier,
+            "must be None or 0 when dp.non_private=True (no noise is added).")
+    if config.training.num_updates is None:
+      _fail("training.num_updates", None,
+            "must be set when dp.non_private=True (there is no privacy "
+            "budget to derive it from).")
+  else:
+    sigma = dp.noise_multiplier
+    if sigma is not None and (not _is_number(sigma) or not sigma > 0):
+      _fail("dp.noise_multiplier", sigma,
+            "must be positive for a private run; set it to None to calibrate "
+            "it from dp.target_epsilon, or set dp.non_private=True to train "
+            "without privacy.")
+    eps = dp.target_epsilon
+    if eps is not None and (not _is_number(eps) or not 0 < eps < math.inf):
+      _fail("dp.target_epsilon", eps, "must be a positive, finite number.")
+    if not _is_number(dp.delta) or not 0 < dp.delta < 1:
+      _fail("dp.delta", dp.delta,
+            "must lie strictly between 0 and 1 (typically well below "
+            "1 / number of training examples).")
+    if sigma is None and config.training.num_updates is None:
+      _fail("dp.noise_multiplier", None,
+            "and training.num_updates=None: set one of them; the other is "
+            "calibrated to dp.target_epsilon.")
+    if eps is None and (sigma is None or config.training.num_updates is None):
+      _fail("dp.target_epsilon", None,
+            "is needed to calibrate dp.noise_multiplier or "
+            "training.num_updates; set it, or set both of those explicitly.")
+  if not isinstance(dp.rescale_to_unit_norm, bool):
+    _fail("dp.rescale_to_unit_norm", dp.rescale_to_unit_norm,
+          "must be True or False.")
+
+  # --- training
+  t = config.training
+  _positive_int(config, "training.expected_batch_size")
+  _positive_int(config, "training.micro_batch_size")
+  _positive_int(config, "training.num_updates", allow_none=True)
+  if t.micro_batch_size > t.expected_batch_size:
+    _fail("training.micro_batch_size", t.micro_batch_size,
+          f"must not exceed training.expected_batch_size="
+          f"{t.expected_batch_size}.")
+  if t.expected_batch_size % t.micro_batch_size:
+    _fail("training.micro_batch_size", t.micro_batch_size,
+          f"must divide training.expected_batch_size={t.expected_batch_size} "
+          "(a logical batch is a whole number of micro-batches); choose a "
+          "divisor.")
+  if not _is_int(t.augmult) or t.augmult < 1:
+    _fail("training.augmult", t.augmult,
+          "must be an integer >= 1 (the number of augmented views per "
+          "example; 1 means no augmentation multiplicity).")
+  opt = t.optimizer
+  optimizers = available_optimizers()
+  if opt.name not in optimizers:
+    _fail("training.optimizer.name", opt.name,
+          f"is not a known optimizer; use one of {', '.join(optimizers)}.")
+  if not _is_number(opt.learning_rate) or not opt.learning_rate > 0:
+    _fail("training.optimizer.learning_rate", opt.learning_rate,
+          "must be a positive number.")
+  if not _is_number(opt.momentum) or not 0 <= opt.momentum < 1:
+    _fail("training.optimizer.momentum", opt.momentum, "must lie in [0, 1).")
+  if not _is_number(opt.weight_decay) or opt.weight_decay < 0:
+    _fail("training.optimizer.weight_decay", opt.weight_decay,
+          "must be >= 0.")
+  for name in ("b1", "b2"):
+    value = opt[name]
+    if not _is_number(value) or not 0 <= value < 1:
+      _fail(f"training.optimizer.{name}", value, "must lie in [0, 1).")
+  sched = t.lr_schedule
+  _choice(config, "training.lr_schedule.name", LR_SCHEDULES)
+  _positive_int(config, "training.lr_schedule.warmup_updates",
+                allow_zero=True)
+  if sched.name == "piecewise":
+    boundaries, scales = tuple(sched.boundaries), tuple(sched.scales)
+    if len(boundaries) != len(scales) or not boundaries:
+      _fail("training.lr_schedule.boundaries", boundaries,
+            f"and training.lr_schedule.scales={scales} must be non-empty and "
+            "of equal length for the piecewise schedule.")
+    if list(boundaries) != sorted(boundaries) or min(boundaries) <= 0:
+      _fail("training.lr_schedule.boundaries", boundaries,
+            "must be increasing positive update counts.")
+  for decay in t.ema_decays:
+    if not _is_number(decay) or not 0 < decay < 1:
+      _fail("training.ema_decays", tuple(t.ema_decays),
+            "must hold decays strictly between 0 and 1.")
+  if not isinstance(t.polyak, bool):
+    _fail("training.polyak", t.polyak, "must be True or False.")
+
+  # --- model
+  models = available_models()
+  if config.model.name not in models:
+    _fail("model.name", config.model.name,
+          f"is not a known model; use one of {', '.join(models)}.")
+
+  # --- data
+  d = config.data
+  if not isinstance(d.dataset, str) or not d.dataset:
+    _fail("data.dataset", d.dataset, "must name a dataset.")
+  _choice(config, "data.source", DATA_SOURCES)
+  if d.source == "raw":
+    if d.raw_dir is None:
+      _fail("data.raw_dir", None,
+            "must point to the folder with the original dataset files when "
+            "data.source='raw'.")
+    if not pathlib.Path(d.raw_dir).expanduser().is_dir():
+      _fail("data.raw_dir", d.raw_dir,
+            "does not exist; point it to the folder with the original "
+            "dataset files, or use data.source='tfds' (needs the network or "
+            "a prepared data.data_dir).")
+  for field in ("data.manual_dir",):
+    value = _get(config, field)
+    if value is not None and not pathlib.Path(value).expanduser().is_dir():
+      _fail(field, value, "does not exist; fix the path or set it to None.")
+  _positive_int(config, "data.subset", allow_none=True)
+  aug = d.augmentation
+  _positive_int(config, "data.augmentation.crop_padding", allow_zero=True)
+  for name in ("random_flip", "vertical_flip", "random_rot90",
+               "view0_identity"):
+    if not isinstance(aug[name], bool):
+      _fail(f"data.augmentation.{name}", aug[name], "must be True or False.")
+
+  # --- eval
+  _positive_int(config, "eval.every_updates", allow_zero=True)
+  _positive_int(config, "eval.batch_size")
+  known = {"last"} | {f"ema_{decay}" for decay in t.ema_decays}
+  if t.polyak:
+    known.add("polyak")
+  for name in config.eval.params:
+    if name not in known:
+      match = _EMA_NAME.match(str(name))
+      hint = (" (add its decay to training.ema_decays)" if match else
+              " (set training.polyak=True)" if name == "polyak" else "")
+      _fail("eval.params", tuple(config.eval.params),
+            f"names {name!r}, which this run does not produce{hint}; "
+            f"available: {', '.join(sorted(known))}.")
+
+  # --- checkpoint / logging
+  _positive_int(config, "checkpoint.every_updates", allow_zero=True)
+  _positive_int(config, "checkpoint.keep")
+  _positive_int(config, "logging.every_updates")
+  for name in ("tensorboard", "progress_bar"):
+    if not isinstance(config.logging[name], bool):
+      _fail(f"logging.{name}", config.logging[name], "must be True or False.")
+
+  # --- distributed
+  dist = config.distributed
+  _positive_int(config, "distributed.num_processes")
+  _positive_int(config, "distributed.process_id", allow_zero=True)
+  if dist.process_id >= dist.num_processes:
+    _fail("distributed.process_id", dist.process_id,
+          f"must be smaller than distributed.num_processes="
+          f"{dist.num_processes}.")
+  if dist.num_processes > 1 and not dist.coordinator_address:
+    _fail("distributed.coordinator_address", dist.coordinator_address,
+          "must be set (host:port of process 0) when "
+          "distributed.num_processes > 1.")
+  if dist.coordinator_address is not None and ":" not in str(
+      dist.coordinator_address):
+    _fail("distributed.coordinator_address", dist.coordinator_address,
+          "must have the form host:port.")
+
+
+# ----------------------------------------------------------------------------
+# Resolution.
+
+
+def make_sampler(config: ConfigDict, *, num_examples: int,
+                 pad_multiple: int = 1):
+  """The batch sampler of `config.dp.sampling` over `num_examples` examples.
+
+  Its `dp_event` is what the run is accounted with (calibration, ledger and
+  privacy.json all use it), so the guarantee matches the sampling done.
+  """
+  from dpeq.privacy import sampling  # pylint: disable=g-import-not-at-top
+  cls = {"poisson": sampling.PoissonSampler,
+         "shuffle": sampling.ShuffleSampler}[config.dp.sampling]
+  return cls(num_examples=num_examples,
+             expected_batch_size=config.training.expected_batch_size,
+             seed=config.seed, pad_multiple=pad_multiple)
+
+
+def make_ledger(config: ConfigDict, *, num_examples: int,
+                num_updates: int = 0):
+  """The PrivacyLedger of a resolved config, at `num_updates` updates."""
+  from dpeq.privacy import accounting  # pylint: disable=g-import-not-at-top
+  return accounting.PrivacyLedger(
+      sampler=make_sampler(config, num_examples=num_examples),
+      noise_multiplier=config.dp.noise_multiplier, delta=config.dp.delta,
+      accountant=config.dp.accountant, num_updates=num_updates)
+
+
+def spent_epsilon(config: ConfigDict, *, num_examples: int) -> float:
+  """Epsilon of the whole run of a resolved config (inf when non-private)."""
+  if config.dp.non_private:
+    return math.inf
+  return make_ledger(config, num_examples=num_examples,
+                     num_updates=config.training.num_updates).epsilon()
+
+
+def _calibrate_noise_multiplier(config: ConfigDict, sampler) -> float:
+  """Smallest sigma whose epsilon after T updates is within the target."""
+  from dpeq.privacy import accounting  # pylint: disable=g-import-not-at-top
+  dp, num_updates = config.dp, config.training.num_updates
+  if config.dp.sampling == "poisson":
+    return accounting.calibrate_noise_multiplier(
+        target_epsilon=dp.target_epsilon, sampling_rate=sampler.sampling_rate,
+        steps=num_updates, delta=dp.delta, accountant=dp.accountant)
+  # Other samplers: the same search over their own DpEvent.
+  import dp_accounting  # pylint: disable=g-import-not-at-top
+  return float(dp_accounting.calibrate_dp_mechanism(
+      lambda: accounting.make_accountant(dp.accountant),
+      lambda sigma: sampler.dp_event(noise_multiplier=sigma,
+                                     num_updates=num_updates),
+      dp.target_epsilon, dp.delta,
+      bracket_interval=dp_accounting.ExplicitBracketInterval(
+          1e-2, accounting.MAX_NOISE_MULTIPLIER),
+      tol=1e-4))
+
+
+def _calibrate_num_updates(config: ConfigDict, sampler) -> int:
+  """Largest T whose epsilon at the given sigma is within the target."""
+  from dpeq.privacy import accounting  # pylint: disable=g-import-not-at-top
+  dp = config.dp
+  if config.dp.sampling == "poisson":
+    return accounting.calibrate_steps(
+        target_epsilon=dp.target_epsilon, noise_multiplier=dp.noise_multiplier,
+        sampling_rate=sampler.sampling_rate, delta=dp.delta,
+        accountant=dp.accountant)
+  # Shuffling: epsilon grows per epoch started, so T is whole epochs.
+  import dp_accounting  # pylint: disable=g-import-not-at-top
+  per_epoch = sampler.updates_per_epoch
+  event = lambda epochs: sampler.dp_event(
+      noise_multiplier=dp.noise_multiplier, num_updates=epochs * per_epoch)
+  if accounting.epsilon_of_event(event(1), delta=dp.delta,
+                                 accountant=dp.accountant) > dp.target_epsilon:
+    raise ValueError(
+        f"One epoch at noise_multiplier={dp.noise_multiplier} already exceeds "
+        f"target_epsilon={dp.target_epsilon}.")
+  epochs = dp_accounting.calibrate_dp_mechanism(
+      lambda: accounting.make_accountant(dp.accountant), event,
+      dp.target_epsilon, dp.delta,
+      bracket_interval=dp_accounting.LowerEndpointAndGuess(1, 2),
+      discrete=True)
+  return int(epochs) * per_epoch
+
+
+def resolve(config: ConfigDict, *, num_examples: int) -> ConfigDict:
+  """Validates `config` against the data size and fills sigma and T.
+
+  Args:
+    config: an experiment config (not modified).
+    num_examples: the number of training examples n the sampler draws from
+      (after `data.subset`).
+
+  Returns:
+    A copy with `dp.noise_multiplier` (0.0 when non-private) and
+    `training.num_updates` set.
+
+  Raises:
+    ConfigError: for a field that does not fit the data, or a privacy
+      budget that cannot be met.
+  """
+  validate(config)
+  if not _is_int(num_examples) or num_examples < 1:
+    raise ConfigError(
+        f"the training split has {num_examples!r} examples; check "
+        "config.data.dataset, config.data.train_split and config.data.subset.")
+  config = config_dict.ConfigDict(config.to_dict())
+  t, dp = config.training, config.dp
+  if t.expected_batch_size > num_examples:
+    _fail("training.expected_batch_size", t.expected_batch_size,
+          f"exceeds the {num_examples} training examples; use a batch size "
+          "of at most the dataset size.")
+  if dp.non_private:
+    dp.noise_multiplier = 0.0
+  else:
+    sampler = make_sampler(config, num_examples=num_examples)
+    try:
+      if dp.noise_multiplier is None:
+        dp.noise_multiplier = float(
+            _calibrate_noise_multiplier(config, sampler))
+      elif t.num_updates is None:
+        t.num_updates = int(_calibrate_num_updates(config, sampler))
+    except ValueError as e:
+      raise ConfigError(
+          f"config.dp.target_epsilon={dp.target_epsilon} cannot be met: {e}"
+      ) from None
+    if dp.target_epsilon is not None:
+      eps = spent_epsilon(config, num_examples=num_examples)
+      if eps > dp.target_epsilon * (1 + 1e-6):
+        _fail("dp.target_epsilon", dp.target_epsilon,
+              f"is exceeded: noise_multiplier={dp.noise_multiplier} for "
+              f"{t.num_updates} updates spends epsilon={eps:.4g}; set "
+              "training.num_updates=None (or dp.noise_multiplier=None) to "
+              "calibrate, or set dp.target_epsilon=None to accept it.")
+  sched = t.lr_schedule
+  if sched.name == "warmup_cosine" and sched.warmup_updates >= t.num_updates:
+    _fail("training.lr_schedule.warmup_updates", sched.warmup_updates,
+          f"must be smaller than training.num_updates={t.num_updates}.")
+  if sched.name == "piecewise" and max(sched.boundaries) >= t.num_updates:
+    _fail("training.lr_schedule.boundaries", tuple(sched.boundaries),
+          f"must lie below training.num_updates={t.num_updates}.")
+  return config

@@ -1,0 +1,105 @@
+"""Fashion-MNIST with DP-SGD: small models that train on a 2-core CPU.
+
+  --config=experiments/configs/fashion_mnist.py                  (the default)
+  --config=experiments/configs/fashion_mnist.py:model=cnn_tramer,eps=1
+
+Arguments (defaults first):
+  model  eq_cnn | cnn_tramer | resnet9
+         eq_cnn: a small equivariant CNN (the default run, `make train`);
+         cnn_tramer: the end-to-end CNN of Tramèr & Boneh 2021 (26k params);
+         resnet9: a narrow ResNet-9, layout (16, 32, 64);
+  eps    3 | 1 | 2 | 8.
+
+All runs: Poisson sampling over the 60,000 training images (train_valid),
+evaluation on the 10,000 test images, delta 1e-5, PLD accounting, no
+augmentation (K = 1), a fixed number of updates with the noise multiplier
+calibrated to eps, EMA 0.999 and Polyak averages evaluated beside the last
+parameters. cnn_tramer follows Tramèr & Boneh's recipe (expected batch 2048,
+~40 epochs, SGD with momentum 0.9, learning rate 4, clip norm 0.1); the
+ResNet-9 and the equivariant CNN use De et al.'s style (plain SGD with a
+constant learning rate, clip norm 1, smaller batches and fewer updates so
+they finish in minutes on a CPU).
+
+Data: read from ../shared/data/fashion_mnist (the original files) when that
+folder exists, otherwise downloaded through tfds.
+"""
+
+from dpeq.training import config as config_lib
+from experiments.configs import common
+
+MODELS = ("eq_cnn", "cnn_tramer", "resnet9")
+EPSILONS = (3, 1, 2, 8)
+
+# Per model: expected batch, updates, optimizer, clip norm, micro-batch.
+_RECIPES = {
+    "cnn_tramer": dict(
+        expected_batch_size=2048, num_updates=1170, learning_rate=4.0,
+        momentum=0.9, l2_clip_norm=0.1, micro_batch_size=512,
+    ),
+    "resnet9": dict(
+        expected_batch_size=1024, num_updates=300, learning_rate=2.0,
+        momentum=0.0, l2_clip_norm=1.0, micro_batch_size=256,
+    ),
+    "eq_cnn": dict(
+        expected_batch_size=1024, num_updates=300, learning_rate=2.0,
+        momentum=0.0, l2_clip_norm=1.0, micro_batch_size=256,
+    ),
+}
+_MODEL_KWARGS = {
+    "cnn_tramer": {},
+    "resnet9": {"layout": (16, 32, 64)},
+    "eq_cnn": {},
+}
+
+# The config arguments of the runs experiments/reproduce makes.
+EXPERIMENTS = tuple(
+    f"model={model},eps={eps}" for model in MODELS for eps in (1, 2, 3, 8)
+)
+
+
+def get_config(arg: str = ""):
+  """A Fashion-MNIST run for the requested model and epsilon."""
+  args = common.parse_arg(
+      arg,
+      options={"model": MODELS, "eps": EPSILONS},
+      defaults={"model": "eq_cnn", "eps": 3},
+      config_name="fashion_mnist.py",
+  )
+  recipe = _RECIPES[args["model"]]
+  c = config_lib.base_config()
+  c.seed = 0
+
+  c.dp.target_epsilon = float(args["eps"])
+  c.dp.noise_multiplier = None
+  c.dp.delta = 1e-5
+  c.dp.l2_clip_norm = recipe["l2_clip_norm"]
+  c.dp.accountant = "pld"
+  c.dp.sampling = "poisson"
+
+  c.training.expected_batch_size = recipe["expected_batch_size"]
+  c.training.micro_batch_size = recipe["micro_batch_size"]
+  c.training.num_updates = recipe["num_updates"]
+  c.training.augmult = 1
+  c.training.optimizer.name = "sgd"
+  c.training.optimizer.learning_rate = recipe["learning_rate"]
+  c.training.optimizer.momentum = recipe["momentum"]
+  c.training.optimizer.weight_decay = 0.0
+  c.training.lr_schedule.name = "constant"
+  c.training.ema_decays = (0.999,)
+  c.training.polyak = True
+
+  c.model.name = args["model"]
+  for key, value in _MODEL_KWARGS[args["model"]].items():
+    c.model.kwargs[key] = value
+
+  c.data.dataset = "fashion_mnist"
+  c.data.train_split = "train_valid"
+  c.data.eval_split = "test"
+  common.use_shared_data(c)
+
+  c.eval.every_updates = 50
+  c.eval.batch_size = 1000
+  c.eval.params = ("last", "ema_0.999", "polyak")
+  c.checkpoint.every_updates = 50
+  c.logging.every_updates = 1
+  return common.finish(c)

@@ -1,0 +1,163 @@
+"""Tests for dpeq.training.config: schema, validation messages, resolution."""
+
+import math
+
+import dp_accounting
+import pytest
+
+from dpeq.training import config as config_lib
+
+
+def _config(**overrides):
+  """base_config() with dotted-name overrides."""
+  config = config_lib.base_config()
+  for name, value in overrides.items():
+    *parents, leaf = name.split("__")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config
+
+
+def _pld_epsilon(*, sigma, q, steps, delta):
+  """Independent epsilon of Poisson-sampled Gaussian DP-SGD (dp_accounting)."""
+  event = dp_accounting.SelfComposedDpEvent(
+      dp_accounting.PoissonSampledDpEvent(
+          q, dp_accounting.GaussianDpEvent(sigma)), steps)
+  accountant = dp_accounting.pld.PLDAccountant(
+      value_discretization_interval=1e-4)
+  return accountant.compose(event).get_epsilon(delta)
+
+
+def test_base_config_is_valid_and_complete():
+  config = config_lib.base_config()
+  config_lib.validate(config)
+  for field in ("seed", "dp.noise_multiplier", "dp.target_epsilon", "dp.delta",
+                "dp.l2_clip_norm", "dp.accountant", "dp.sampling",
+                "dp.rescale_to_unit_norm", "dp.non_private",
+                "training.expected_batch_size", "training.micro_batch_size",
+                "training.num_updates", "training.augmult",
+                "training.optimizer.nesterov", "training.lr_schedule.scales",
+                "training.ema_decays", "training.polyak", "model.kwargs",
+                "data.raw_dir", "data.subset",
+                "data.augmentation.view0_identity", "eval.params",
+                "checkpoint.keep", "logging.progress_bar",
+                "distributed.coordinator_address"):
+    node = config
+    for part in field.split("."):
+      assert part in node, field
+      node = node[part]
+
+
+# Each malformed config and a fragment its message must contain: the field
+# and what to change. None of them may reach JAX.
+MALFORMED = [
+    (dict(model__name="resnet1000"), "config.model.name='resnet1000'"),
+    (dict(dp__target_epsilon=-1.0), "config.dp.target_epsilon=-1.0"),
+    (dict(dp__delta=1.0), "config.dp.delta=1.0: must lie strictly between"),
+    (dict(dp__delta=0.0), "config.dp.delta=0.0"),
+    (dict(training__micro_batch_size=48), "must divide"),
+    (dict(training__micro_batch_size=512), "must not exceed"),
+    (dict(training__optimizer__name="adagrad_xyz"),
+     "config.training.optimizer.name='adagrad_xyz'"),
+    (dict(dp__noise_multiplier=0.0), "dp.non_private=True"),
+    (dict(training__augmult=0), "config.training.augmult=0: must be an"),
+    (dict(dp__accountant="moments"), "config.dp.accountant='moments'"),
+    (dict(dp__sampling="fixed"), "config.dp.sampling='fixed'"),
+    (dict(data__source="raw", data__raw_dir="/nonexistent/fmnist"),
+     "config.data.raw_dir='/nonexistent/fmnist': does not exist"),
+    (dict(data__source="raw"), "config.data.raw_dir=None: must point"),
+    (dict(dp__l2_clip_norm=0.0), "config.dp.l2_clip_norm=0.0"),
+    (dict(dp__noise_multiplier=None, training__num_updates=None),
+     "set one of them"),
+    (dict(dp__non_private=True, training__num_updates=None),
+     "config.training.num_updates=None: must be set when dp.non_private"),
+    (dict(eval__params=("last", "ema_0.9")),
+     "add its decay to training.ema_decays"),
+    (dict(training__lr_schedule__name="step"),
+     "config.training.lr_schedule.name='step'"),
+    (dict(training__lr_schedule__name="piecewise",
+          training__lr_schedule__boundaries=(10, 20),
+          training__lr_schedule__scales=(0.1,)), "of equal length"),
+    (dict(training__expected_batch_size=0),
+     "config.training.expected_batch_size=0: must be a positive integer"),
+    (dict(distributed__num_processes=2), "config.distributed.coordinator"),
+    (dict(distributed__process_id=3), "config.distributed.process_id=3"),
+]
+
+
+@pytest.mark.parametrize("overrides,fragment", MALFORMED,
+                         ids=[m[1][:40] for m in MALFORMED])
+def test_malformed_config_gives_specific_message(overrides, fragment):
+  with pytest.raises(config_lib.ConfigError) as info:
+    config_lib.validate(_config(**overrides))
+  assert fragment in str(info.value)
+  assert isinstance(info.value, ValueError)
+
+
+def test_unknown_field_is_rejected_with_its_name():
+  config = config_lib.base_config()
+  config.training.learning_rate = 0.1  # belongs to training.optimizer
+  with pytest.raises(config_lib.ConfigError, match="config.training.learning_"
+                     "rate is not a field"):
+    config_lib.validate(config)
+  # model.kwargs is free-form.
+  config = config_lib.base_config()
+  config.model.kwargs.width = 3
+  config_lib.validate(config)
+
+
+def test_batch_larger_than_dataset_is_rejected_by_resolve():
+  config = _config(training__expected_batch_size=1024,
+                   training__micro_batch_size=64)
+  with pytest.raises(config_lib.ConfigError,
+                     match="exceeds the 1000 training examples"):
+    config_lib.resolve(config, num_examples=1000)
+
+
+def test_resolve_calibrates_sigma_to_the_target_epsilon():
+  config = _config(dp__noise_multiplier=None, training__num_updates=50,
+                   dp__target_epsilon=2.0, dp__delta=1e-5,
+                   training__expected_batch_size=256)
+  resolved = config_lib.resolve(config, num_examples=6000)
+  sigma = resolved.dp.noise_multiplier
+  assert config.dp.noise_multiplier is None  # input untouched
+  assert resolved.training.num_updates == 50
+  eps = _pld_epsilon(sigma=sigma, q=256 / 6000, steps=50, delta=1e-5)
+  assert eps <= 2.0 + 1e-6
+  # Smallest such sigma: 2% less noise overshoots the target.
+  assert _pld_epsilon(sigma=0.98 * sigma, q=256 / 6000, steps=50,
+                      delta=1e-5) > 2.0
+  assert config_lib.spent_epsilon(resolved, num_examples=6000) == (
+      pytest.approx(eps, rel=1e-3))
+
+
+def test_resolve_calibrates_the_largest_number_of_updates():
+  config = _config(dp__noise_multiplier=1.5, training__num_updates=None,
+                   dp__target_epsilon=1.0, training__expected_batch_size=256)
+  resolved = config_lib.resolve(config, num_examples=6000)
+  steps = resolved.training.num_updates
+  assert resolved.dp.noise_multiplier == 1.5
+  kwargs = dict(sigma=1.5, q=256 / 6000, delta=1e-5)
+  assert _pld_epsilon(steps=steps, **kwargs) <= 1.0 + 1e-6
+  assert _pld_epsilon(steps=steps + 1, **kwargs) > 1.0 - 1e-6
+
+
+def test_resolve_rejects_explicit_settings_over_budget():
+  config = _config(dp__noise_multiplier=0.5, training__num_updates=1000,
+                   dp__target_epsilon=1.0)
+  with pytest.raises(config_lib.ConfigError, match="is exceeded"):
+    config_lib.resolve(config, num_examples=6000)
+  config.dp.target_epsilon = None  # accept whatever it spends
+  resolved = config_lib.resolve(config, num_examples=6000)
+  assert config_lib.spent_epsilon(resolved, num_examples=6000) > 1.0
+
+
+def test_non_private_run_has_zero_noise_and_infinite_epsilon():
+  config = _config(dp__non_private=True, dp__noise_multiplier=None,
+                   training__num_updates=7)
+  resolved = config_lib.resolve(config, num_examples=6000)
+  assert resolved.dp.noise_multiplier == 0.0
+  assert resolved.training.num_updates == 7
+  assert math.isinf(config_lib.spent_epsilon(resolved, num_examples=6000))
