@@ -1,7 +1,7 @@
 """On-device augmentation: K random views per example, from keys (pure JAX).
 
-For every example b and view k an independent key (`jax.random.split` of the
-batch key into one key per example, then one per view) draws:
+Every view k of every example b draws its own random integers (entry [b, k]
+of one `jax.random.bits` draw from the batch key):
   * a crop: reflect-pad by `crop_padding` pixels (mirror without repeating
     the edge) and cut an H x W window at an offset uniform over the
     (2p + 1)^2 positions;
@@ -90,24 +90,29 @@ def _channel_vector(values, name: str, channels: int) -> np.ndarray:
   return array
 
 
-def _augment_one(padded: jax.Array, key: jax.Array, *, config: AugmentConfig,
+def _draw_bounds(config: AugmentConfig) -> np.ndarray:
+  """Exclusive upper bounds of the integers one view draws: crop dy, crop dx,
+  horizontal flip, vertical flip, quarter turns."""
+  side = 2 * config.crop_padding + 1
+  return np.asarray([side, side, 2, 2, 4], np.int32)
+
+
+def _augment_one(padded: jax.Array, draws: jax.Array, *, config: AugmentConfig,
                  height: int, width: int) -> jax.Array:
-  """One random view of one reflect-padded image [H + 2p, W + 2p, C]."""
-  crop_key, flip_key, vflip_key, rot_key = jax.random.split(key, 4)
+  """One view of one reflect-padded image [H + 2p, W + 2p, C].
+
+  `draws` int32 [5] holds the view's random integers (see `_draw_bounds`).
+  """
   image = padded
-  pad = config.crop_padding
-  if pad:
-    offsets = jax.random.randint(crop_key, (2,), 0, 2 * pad + 1)
+  if config.crop_padding:
     image = jax.lax.dynamic_slice(
-        padded, (offsets[0], offsets[1], 0), (height, width, padded.shape[-1]))
+        padded, (draws[0], draws[1], 0), (height, width, padded.shape[-1]))
   if config.random_flip:
-    image = jnp.where(jax.random.bernoulli(flip_key), image[:, ::-1], image)
+    image = jnp.where(draws[2] == 1, image[:, ::-1], image)
   if config.vertical_flip:
-    image = jnp.where(jax.random.bernoulli(vflip_key), image[::-1], image)
+    image = jnp.where(draws[3] == 1, image[::-1], image)
   if config.random_rot90:
-    turns = jax.random.randint(rot_key, (), 0, 4)
-    rotations = jnp.stack([jnp.rot90(image, k) for k in range(4)])
-    image = rotations[turns]
+    image = jnp.stack([jnp.rot90(image, k) for k in range(4)])[draws[4]]
   return image
 
 
@@ -146,21 +151,26 @@ def make_views(key: jax.Array, images: jax.Array, *, config: AugmentConfig,
 
   num_views = config.num_views
   num_random = num_views - 1 if config.view0_identity else num_views
-  view_keys = jax.vmap(lambda k: jax.random.split(k, num_views))(
-      jax.random.split(key, batch))                       # [B, K] keys
-  if config.view0_identity:
-    view_keys = view_keys[:, 1:]
   if num_random and not config.is_identity:
+    # One counter-based draw for the whole batch: row b is example b's
+    # randomness (what a per-example key would give), whatever the batch's
+    # sharding; a single threefry call also keeps compile time low on CPU.
+    # `bits % bound` is uniform up to a relative bias below bound / 2^32.
+    bounds = _draw_bounds(config)
+    bits = jax.random.bits(key, (batch, num_views, len(bounds)), jnp.uint32)
+    draws = (bits % jnp.asarray(bounds, jnp.uint32)).astype(jnp.int32)
+    if config.view0_identity:
+      draws = draws[:, 1:]
     padded = images
     if pad:
       padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)),
                        mode="reflect")
 
-    def per_example(image, keys):
-      return jax.vmap(lambda k: _augment_one(
-          image, k, config=config, height=height, width=width))(keys)
+    def per_example(image, example_draws):
+      return jax.vmap(lambda d: _augment_one(
+          image, d, config=config, height=height, width=width))(example_draws)
 
-    random_views = jax.vmap(per_example)(padded, view_keys)
+    random_views = jax.vmap(per_example)(padded, draws)
   else:
     random_views = jnp.broadcast_to(images[:, None],
                                     (batch, num_random, height, width, channels))

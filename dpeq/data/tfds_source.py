@@ -118,27 +118,44 @@ def _unavailable(spec: DatasetSpec, data_dir, manual_dir, reason: str):
   )
 
 
-def _builder(spec: DatasetSpec, data_dir, manual_dir):
-  """A prepared tfds builder for spec (preparing offline when possible)."""
-  tfds = _import_tfds()
-  root = resolved_data_dir(data_dir)
-  with _quiet():
-    builder = tfds.builder(spec.tfds_name, data_dir=str(root))
-    if builder.is_prepared():
-      return builder
+def _manual_folder(spec: DatasetSpec, manual_dir, root: pathlib.Path):
+  """The first candidate manual folder that holds all of spec.tfds_files."""
   candidates = ([pathlib.Path(manual_dir).expanduser()] if manual_dir else
                 [paths.shared_data_dir(spec.name), root / "downloads" / "manual"])
-  manual = next((c for c in candidates if _has_files(c, spec.tfds_files)), None)
-  if manual is None and manual_dir is not None:
+  return next((c for c in candidates if _has_files(c, spec.tfds_files)), None)
+
+
+def _raise_if_unobtainable(spec: DatasetSpec, root: pathlib.Path, manual_dir,
+                           manual, *, prepared: bool) -> None:
+  """Raises DatasetNotFoundError when neither prepared data, manual files nor
+  a permitted download can provide the dataset (no network access here)."""
+  if prepared or manual is not None:
+    return
+  if manual_dir is not None:
     missing = [n for n in spec.tfds_files
                if not (pathlib.Path(manual_dir) / n).is_file()]
     raise _unavailable(spec, root, manual_dir,
                        f"manual_dir={str(manual_dir)!r} lacks {', '.join(missing)}")
+  if spec.tfds_manual_only:
+    raise _unavailable(spec, root, None, "tfds cannot download it")
+  if os.environ.get(OFFLINE_ENV):
+    raise _unavailable(spec, root, None, f"${OFFLINE_ENV} forbids downloads")
+
+
+def _builder(spec: DatasetSpec, data_dir, manual_dir):
+  """A prepared tfds builder for spec (preparing offline when possible)."""
+  root = resolved_data_dir(data_dir)
+  manual = _manual_folder(spec, manual_dir, root)
+  # Decide before importing TensorFlow when the data clearly is not there.
+  maybe_prepared = any((root / spec.tfds_name).glob("*/dataset_info.json"))
+  _raise_if_unobtainable(spec, root, manual_dir, manual, prepared=maybe_prepared)
+  tfds = _import_tfds()
+  with _quiet():
+    builder = tfds.builder(spec.tfds_name, data_dir=str(root))
+    if builder.is_prepared():
+      return builder
+  _raise_if_unobtainable(spec, root, manual_dir, manual, prepared=False)
   if manual is None:
-    if spec.tfds_manual_only:
-      raise _unavailable(spec, root, None, "tfds cannot download it")
-    if os.environ.get(OFFLINE_ENV):
-      raise _unavailable(spec, root, None, f"${OFFLINE_ENV} forbids downloads")
     urls = [u for u, info in builder.url_infos.items()
             if info.filename in spec.tfds_files] or list(builder.url_infos)
     if not _host_reachable(urls[0], PROBE_TIMEOUT_S):

@@ -182,7 +182,7 @@ class Group:
     return _irrep_specs(self)
 
   def irrep_spec(self, name: str) -> IrrepSpec:
-    specs = {spec.name: spec for spec in self.irrep_specs()}
+    specs = _irrep_spec_map(self)
     if name not in specs:
       raise ValueError(
           f"{self.name} has no irrep {name!r}; its irreps are {sorted(specs)}."
@@ -321,7 +321,7 @@ class Group:
     return np.array(perm, dtype=np.int64)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _irrep_specs(group: Group) -> tuple[IrrepSpec, ...]:
   flips = group.has_flips
   n = group.rotation_order
@@ -338,7 +338,12 @@ def _irrep_specs(group: Group) -> tuple[IrrepSpec, ...]:
   return tuple(specs)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
+def _irrep_spec_map(group: Group) -> dict[str, IrrepSpec]:
+  return {spec.name: spec for spec in _irrep_specs(group)}
+
+
+@functools.cache
 def _regular_representation(group: Group) -> Representation:
   if not group.is_finite:
     raise ValueError(
@@ -378,7 +383,7 @@ def _regular_representation(group: Group) -> Representation:
   )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def get_group(name: str, *, max_frequency: int = 3) -> Group:
   """The group named `name`.
 

@@ -11,6 +11,7 @@ limits.
 
 from dpeq.kernels.basis import (
     SteerableBasis,
+    clear_cache,
     expected_basis_size,
     kernel_basis,
     steerable_basis,
@@ -31,6 +32,7 @@ __all__ = [
     "LinearCutoff",
     "RingHarmonics",
     "SteerableBasis",
+    "clear_cache",
     "default_cutoff",
     "expected_basis_size",
     "grid_points",

@@ -19,16 +19,20 @@ Construction (numpy, float64, once per (group, reps, size, cutoff)):
    dim Hom_G(rho_in (x) T, rho_out) = mean_g chi_in(g) chi_T(g) chi_out(g)
    (Frobenius reciprocity; for SO(2)/O(2) the mean over a fine enough C_M/D_M
    is exact for band-limited characters).
-4. The solutions are sampled on the k x k grid and orthonormalized there
-   with the symmetric (Loewdin) map B -> (B B^T)^-1/2 B: the unique
-   orthonormal basis closest to the solved one, independent of how the
-   SVDs chose their null-space bases up to an orthogonal mixing. Orthonormal
-   matters for DP: the coefficients are the parameters, DP-SGD adds isotropic
-   noise to them, so an orthonormal basis makes that noise isotropic in
-   kernel space too (and weight standardization on coefficients sees the
+4. The solutions are orthonormalized on the k x k grid with the symmetric
+   (Loewdin) map B -> (B B^T)^-1/2 B: the unique orthonormal basis closest
+   to the solved one. This is done once per irrep pair: kernel bases need
+   orthogonal Q (every representation dpeq builds has one), so elements of
+   different irrep pairs are orthogonal and Q_out K Q_in^-1 is an isometry.
+   Orthonormal matters for DP: the coefficients are the parameters, DP-SGD
+   adds isotropic noise to them, so an orthonormal basis makes that noise
+   isotropic in kernel space too (and weight standardization on coefficients sees the
    Frobenius geometry of kernels). The same linear map is applied to the
    harmonic coefficients, so `SteerableBasis.evaluate` gives the returned
    elements as exact continuous functions.
+5. Cast to float32 and cached: `kernel_basis` returns the same read-only
+   array for the same (group, reps, kernel size, cutoff); the rings follow
+   from the kernel size.
 """
 
 import functools
@@ -46,33 +50,35 @@ _TWO_PI = 2.0 * math.pi
 class SteerableBasis:
   """A solved basis in float64, for one (group, in_rep, out_rep, size, cutoff).
 
+  Element b is K_b(p) = Q_out [sum_h C_b[:, :, h] Y_h(p)] Q_in^-1 with C_b
+  supported on one (output irrep, input irrep) block of the irreps bases.
+
   Attributes:
     group, in_rep, out_rep, kernel_size, cutoff: what it was built for.
     harmonics: the `RingHarmonics` the elements are written in.
-    coefficients: float64 [num_basis, out, in, H]: element b is
-      K_b(p) = sum_h coefficients[b, :, :, h] Y_h(p) ([out, in] at p).
     grid: float64 [num_basis, k, k, in, out] (HWIO per element), the elements
       sampled on the pixel grid; orthonormal in the Frobenius inner product.
     expected_size: the analytic count (equals num_basis).
   """
 
   def __init__(self, *, group, in_rep, out_rep, kernel_size, cutoff, harmonics,
-               coefficients, grid, expected_size):
+               blocks, expected_size):
     self.group = group
     self.in_rep = in_rep
     self.out_rep = out_rep
     self.kernel_size = kernel_size
     self.cutoff = cutoff
     self.harmonics = harmonics
-    self.coefficients = coefficients
-    self.grid = grid
     self.expected_size = expected_size
-    for array in (coefficients, grid):
-      array.setflags(write=False)
-
-  @property
-  def num_basis(self) -> int:
-    return self.coefficients.shape[0]
+    self._blocks = tuple(blocks)  # (out slice, in slice, C [n, d_o, d_i, H]).
+    self.num_basis = sum(len(c) for _, _, c in self._blocks)
+    k = kernel_size
+    values = harmonics.evaluate(harmonics_lib.grid_points(k))
+    values = values.reshape(-1, harmonics.size)
+    self.grid = self._expand(values).reshape(
+        self.num_basis, k, k, in_rep.size, out_rep.size
+    )
+    self.grid.setflags(write=False)
 
   def __repr__(self) -> str:
     return (
@@ -81,6 +87,25 @@ class SteerableBasis:
         f"{self.num_basis} elements)"
     )
 
+  def _expand(self, values: np.ndarray) -> np.ndarray:
+    """sum_h C_b Y_h in the reps' bases for harmonics values [M, H]: [B, M, i, o]."""
+    q_out = self.out_rep.change_of_basis
+    q_in_inv = self.in_rep.change_of_basis_inv
+    out = np.empty((self.num_basis, len(values), self.in_rep.size, self.out_rep.size))
+    start = 0
+    for out_sl, in_sl, coeffs in self._blocks:
+      part = np.tensordot(coeffs, values, axes=([3], [1]))  # [n, a, b, M]
+      part = np.tensordot(part, q_in_inv[in_sl, :], axes=([2], [0]))  # [n, a, M, i]
+      part = np.tensordot(part, q_out[:, out_sl], axes=([1], [1]))  # [n, M, i, o]
+      out[start:start + len(coeffs)] = part
+      start += len(coeffs)
+    return out
+
+  @property
+  def coefficients(self) -> np.ndarray:
+    """float64 [num_basis, out, in, H]: K_b(p) = sum_h coeffs[b, .., h] Y_h(p)."""
+    return self._expand(np.eye(self.harmonics.size)).transpose(0, 3, 2, 1)
+
   def evaluate(self, points: np.ndarray) -> np.ndarray:
     """The elements at arbitrary plane points [..., 2] (x, y).
 
@@ -88,8 +113,11 @@ class SteerableBasis:
       float64 [num_basis, ..., in, out]; on `grid_points(k)` this equals
       `grid`.
     """
-    values = self.harmonics.evaluate(points)
-    return np.einsum("boih,...h->b...io", self.coefficients, values)
+    points = np.asarray(points, dtype=np.float64)
+    values = self.harmonics.evaluate(points).reshape(-1, self.harmonics.size)
+    return self._expand(values).reshape(
+        (self.num_basis,) + points.shape[:-1] + (self.in_rep.size, self.out_rep.size)
+    )
 
 
 def _check_inputs(group, in_rep, out_rep, kernel_size) -> None:
@@ -106,6 +134,13 @@ def _check_inputs(group, in_rep, out_rep, kernel_size) -> None:
           f"{group.name}: build it from the same group (restrict it first if it "
           "belongs to a larger group)."
       )
+    q = rep.change_of_basis
+    if not np.allclose(q.T @ q, np.eye(rep.size), atol=1e-10):
+      raise ValueError(
+          f"{label} {rep.name!r} has a non-orthogonal change_of_basis; kernel "
+          "bases need orthogonal representations (as get_group, directsum and "
+          "restrict build them)."
+      )
   harmonics_lib.check_kernel_size(kernel_size)
 
 
@@ -120,17 +155,57 @@ def _constraint_elements(group: Group, max_total_frequency: int):
   return elements
 
 
-def _quadrature_elements(group: Group, max_total_frequency: int):
-  """Elements whose uniform mean integrates band-limited class functions."""
+@functools.cache
+def _quadrature(group: Group, max_total_frequency: int) -> tuple[GroupElement, ...]:
+  """Elements whose uniform mean integrates class functions of the group.
+
+  All elements of a finite group; for SO(2)/O(2) the rotations by multiples
+  of 2 pi / M (with flips for O(2)), M = 2 * max_total_frequency + 1, which
+  is exact for trigonometric polynomials of degree <= max_total_frequency.
+  """
   if group.is_finite:
-    return group.elements()
+    return tuple(group.elements())
   steps = 2 * max_total_frequency + 1
   flips = (0, 1) if group.has_flips else (0,)
-  return [GroupElement(_TWO_PI * k / steps, f) for f in flips for k in range(steps)]
+  return tuple(
+      GroupElement(_TWO_PI * k / steps, f) for f in flips for k in range(steps)
+  )
+
+
+def _quadrature_key(group: Group, max_total_frequency: int) -> int:
+  return 0 if group.is_finite else max_total_frequency
+
+
+@functools.cache
+def _irrep_characters(group: Group, irrep: str, quadrature_key: int) -> np.ndarray:
+  return np.array([
+      np.trace(group.irrep_matrix(irrep, g))
+      for g in _quadrature(group, quadrature_key)
+  ])
+
+
+def _harmonic_characters(frequency: int, elements) -> np.ndarray:
+  """trace T_j(g): 1 for j = 0; 2 cos(j t) for rotations, 0 for mirrors."""
+  if frequency == 0:
+    return np.ones(len(elements))
+  rotations = np.array([g.rotation for g in elements])
+  flips = np.array([g.flip for g in elements], dtype=bool)
+  return np.where(flips, 0.0, 2.0 * np.cos(frequency * rotations))
 
 
 def _max_frequency(group: Group, rep: Representation) -> int:
   return max(group.irrep_spec(name).frequency for name in rep.irreps)
+
+
+def _rep_characters(group: Group, rep: Representation, key: int) -> np.ndarray:
+  return sum(_irrep_characters(group, name, key) for name in rep.irreps)
+
+
+def _character_mean_to_int(mean: float) -> int:
+  count = int(round(mean))
+  if abs(mean - count) > 1e-6:
+    raise AssertionError(f"non-integer character mean {mean}")
+  return count
 
 
 def expected_basis_size(
@@ -140,18 +215,21 @@ def expected_basis_size(
   """dim Hom_G(rho_in (x) T, rho_out) = mean_g chi_in chi_T chi_out (exact)."""
   top = max(b.frequency for b in harmonics.blocks)
   total = _max_frequency(group, in_rep) + _max_frequency(group, out_rep) + top
-  elements = _quadrature_elements(group, total)
-  mean = np.mean([
-      in_rep.character(g) * out_rep.character(g) * harmonics.character(g)
-      for g in elements
-  ])
-  count = int(round(mean))
-  if abs(mean - count) > 1e-6:
-    raise AssertionError(f"non-integer character mean {mean}")
-  return count
+  key = _quadrature_key(group, total)
+  elements = _quadrature(group, key)
+  chi_t = sum(_harmonic_characters(b.frequency, elements) for b in harmonics.blocks)
+  chi_in = _rep_characters(group, in_rep, key)
+  chi_out = _rep_characters(group, out_rep, key)
+  return _character_mean_to_int(np.mean(chi_in * chi_out * chi_t))
 
 
-@functools.lru_cache(maxsize=None)
+def _kron3(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+  return np.einsum("ij,kl,mn->ikmjln", a, b, c).reshape(
+      a.shape[0] * b.shape[0] * c.shape[0], -1
+  )
+
+
+@functools.cache
 def _solve_block(group: Group, out_irrep: str, in_irrep: str, frequency: int):
   """Equivariant C [n, d_out, d_in, d_j] between two irreps for frequency j."""
   d_out = group.irrep_size(out_irrep)
@@ -170,7 +248,7 @@ def _solve_block(group: Group, out_irrep: str, in_irrep: str, frequency: int):
     psi_in_inv_t = np.linalg.inv(group.irrep_matrix(in_irrep, g)).T
     rows.append(
         np.kron(np.eye(d_out * d_in), block.action(g).T)
-        - np.kron(np.kron(psi_out, psi_in_inv_t), np.eye(d_j))
+        - _kron3(psi_out, psi_in_inv_t, np.eye(d_j))
     )
   if not rows:  # The trivial group: every C is equivariant.
     solutions = np.eye(dim)
@@ -178,12 +256,12 @@ def _solve_block(group: Group, out_irrep: str, in_irrep: str, frequency: int):
     _, singular, vt = np.linalg.svd(np.concatenate(rows), full_matrices=True)
     rank = int(np.sum(singular > _NULL_TOL))
     solutions = vt[rank:]
-  expected = int(round(np.mean([
-      np.trace(group.irrep_matrix(out_irrep, g))
-      * np.trace(group.irrep_matrix(in_irrep, g))
-      * np.trace(block.action(g))
-      for g in _quadrature_elements(group, total)
-  ])))
+  key = _quadrature_key(group, total)
+  expected = _character_mean_to_int(np.mean(
+      _irrep_characters(group, out_irrep, key)
+      * _irrep_characters(group, in_irrep, key)
+      * _harmonic_characters(frequency, _quadrature(group, key))
+  ))
   if solutions.shape[0] != expected:
     raise AssertionError(
         f"{group.name}: {in_irrep} -> {out_irrep} at frequency {frequency} has "
@@ -207,58 +285,71 @@ def _irrep_slices(group: Group, rep: Representation):
   return out
 
 
+def _lowdin(gram: np.ndarray) -> np.ndarray:
+  """gram^-1/2 for a symmetric positive definite Gram matrix."""
+  eigvals, eigvecs = np.linalg.eigh(gram)
+  if eigvals[0] <= 1e-10 * eigvals[-1]:
+    raise AssertionError("sampled basis is rank deficient on the grid")
+  return (eigvecs / np.sqrt(eigvals)) @ eigvecs.T
+
+
+@functools.cache
+def _harmonic_gram(kernel_size: int, cutoff) -> np.ndarray:
+  """<Y_h, Y_h'> summed over the pixel grid, float64 [H, H]."""
+  harmonics = harmonics_lib.ring_harmonics(kernel_size, cutoff)
+  values = harmonics.evaluate(harmonics_lib.grid_points(kernel_size))
+  values = values.reshape(-1, harmonics.size)
+  return values.T @ values
+
+
+@functools.cache
+def _irrep_pair_basis(group, out_irrep, in_irrep, kernel_size, cutoff):
+  """Grid-orthonormal equivariant C [n, d_out, d_in, H] between two irreps."""
+  harmonics = harmonics_lib.ring_harmonics(kernel_size, cutoff)
+  d_out, d_in = group.irrep_size(out_irrep), group.irrep_size(in_irrep)
+  elements = []
+  for block in harmonics.blocks:
+    h_sl = slice(block.offset, block.offset + block.size)
+    for solution in _solve_block(group, out_irrep, in_irrep, block.frequency):
+      coeff = np.zeros((d_out, d_in, harmonics.size))
+      coeff[:, :, h_sl] = solution
+      elements.append(coeff)
+  if not elements:
+    return np.zeros((0, d_out, d_in, harmonics.size))
+  elements = np.stack(elements)
+  gram = np.einsum(
+      "boih,hk,coik->bc", elements, _harmonic_gram(kernel_size, cutoff), elements
+  )
+  out = np.tensordot(_lowdin(gram), elements, axes=1)
+  out.setflags(write=False)
+  return out
+
+
 @functools.lru_cache(maxsize=512)
 def _build(group, in_rep, out_rep, kernel_size, cutoff) -> SteerableBasis:
   harmonics = harmonics_lib.ring_harmonics(kernel_size, cutoff)
   expected = expected_basis_size(
       group=group, in_rep=in_rep, out_rep=out_rep, harmonics=harmonics
   )
-  irrep_coefficients = []
+  # Solved and orthonormalized per irrep pair; mapping back from the irreps
+  # bases, K = Q_out K~ Q_in^-1, is an isometry since both Q are orthogonal,
+  # and elements of different irrep pairs are orthogonal.
+  blocks = []
   in_slices = _irrep_slices(group, in_rep)
   for out_name, out_sl in _irrep_slices(group, out_rep):
     for in_name, in_sl in in_slices:
-      for block in harmonics.blocks:
-        solutions = _solve_block(group, out_name, in_name, block.frequency)
-        h_sl = slice(block.offset, block.offset + block.size)
-        for solution in solutions:
-          coeff = np.zeros((out_rep.size, in_rep.size, harmonics.size))
-          coeff[out_sl, in_sl, h_sl] = solution
-          irrep_coefficients.append(coeff)
-  k = kernel_size
-  if len(irrep_coefficients) != expected:
+      pair = _irrep_pair_basis(group, out_name, in_name, kernel_size, cutoff)
+      if len(pair):
+        blocks.append((out_sl, in_sl, pair))
+  num_basis = sum(len(pair) for _, _, pair in blocks)
+  if num_basis != expected:
     raise AssertionError(
-        f"{group.name}: {in_rep.name} -> {out_rep.name} has "
-        f"{len(irrep_coefficients)} basis elements, expected {expected}"
+        f"{group.name}: {in_rep.name} -> {out_rep.name} has {num_basis} basis "
+        f"elements, expected {expected}"
     )
-  if not irrep_coefficients:
-    empty = np.zeros((0, out_rep.size, in_rep.size, harmonics.size))
-    return SteerableBasis(
-        group=group, in_rep=in_rep, out_rep=out_rep, kernel_size=k,
-        cutoff=cutoff, harmonics=harmonics, coefficients=empty,
-        grid=np.zeros((0, k, k, in_rep.size, out_rep.size)),
-        expected_size=expected,
-    )
-  # Back from the irreps bases: K = Q_out K~ Q_in^-1.
-  coefficients = np.einsum(
-      "po,boih,iq->bpqh",
-      out_rep.change_of_basis,
-      np.stack(irrep_coefficients),
-      in_rep.change_of_basis_inv,
-      optimize=True,
-  )
-  grid_values = harmonics.evaluate(harmonics_lib.grid_points(k))  # [k, k, H]
-  grid = np.einsum("boih,rch->brcio", coefficients, grid_values, optimize=True)
-  flat = grid.reshape(grid.shape[0], -1)
-  eigvals, eigvecs = np.linalg.eigh(flat @ flat.T)
-  if eigvals[0] <= 1e-10 * eigvals[-1]:
-    raise AssertionError("sampled basis is rank deficient on the grid")
-  lowdin = (eigvecs / np.sqrt(eigvals)) @ eigvecs.T
-  coefficients = np.tensordot(lowdin, coefficients, axes=1)
-  grid = (lowdin @ flat).reshape(grid.shape)
   return SteerableBasis(
-      group=group, in_rep=in_rep, out_rep=out_rep, kernel_size=k,
-      cutoff=cutoff, harmonics=harmonics, coefficients=coefficients,
-      grid=grid, expected_size=expected,
+      group=group, in_rep=in_rep, out_rep=out_rep, kernel_size=kernel_size,
+      cutoff=cutoff, harmonics=harmonics, blocks=blocks, expected_size=expected,
   )
 
 
@@ -326,3 +417,11 @@ def kernel_basis(
   if cutoff is None:
     cutoff = harmonics_lib.default_cutoff(group, kernel_size)
   return _float32_grid(group, in_rep, out_rep, kernel_size, cutoff)
+
+
+def clear_cache() -> None:
+  """Forgets every cached basis and solve (for cold-start timings and tests)."""
+  for cached in (_build, _float32_grid, _irrep_pair_basis, _solve_block,
+                 _harmonic_gram, _irrep_characters, _quadrature,
+                 harmonics_lib.ring_harmonics):
+    cached.cache_clear()

@@ -68,7 +68,11 @@ def default_cutoff(group: Group, kernel_size: int) -> Cutoff:
 
 
 def check_kernel_size(kernel_size) -> None:
-  if kernel_size not in SUPPORTED_KERNEL_SIZES:
+  if (
+      not isinstance(kernel_size, (int, np.integer))
+      or isinstance(kernel_size, bool)
+      or kernel_size not in SUPPORTED_KERNEL_SIZES
+  ):
     raise ValueError(
         f"kernel_size must be one of {SUPPORTED_KERNEL_SIZES}, got {kernel_size!r}."
     )

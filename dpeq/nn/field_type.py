@@ -283,9 +283,10 @@ class FieldType:
     grid onto itself: multiples of 90 degrees on square images, flips, and
     180 degrees on any image; the result then has x's array type (numpy or
     JAX). Any other element is approximate: the grid is resampled with a cubic
-    spline (scipy.ndimage.map_coordinates, order 3, zero outside the image),
-    so only smooth, oversampled inputs away from the border transform
-    faithfully; the result is a numpy array. For equivariance tests.
+    spline (scipy.ndimage.map_coordinates, order 3, mode "grid-constant":
+    zero outside the image), so only smooth, oversampled inputs away from the
+    border transform faithfully; the result is a numpy array. For
+    equivariance tests.
     """
     self.check_input(x, layer="FieldType.transform")
     height, width = np.shape(x)[-3:-1]
@@ -317,7 +318,7 @@ class FieldType:
                     image[..., channel],
                     [source_rows, source_cols],
                     order=3,
-                    mode="constant",
+                    mode="grid-constant",
                     cval=0.0,
                 )
                 for channel in range(self.size)

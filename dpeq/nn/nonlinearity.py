@@ -42,13 +42,21 @@ class PointwiseNonlinearity(hk.Module):
     return self.fn(x)
 
 
-def _irrep_probe_vector(rep) -> np.ndarray:
-  """e = Q [sqrt(d_i) u_i]_i: the first axis of each irrep block, scaled."""
-  parts = []
+def _probe_vector(rep) -> np.ndarray:
+  """The vector e whose orbit rho(g) e reads a field as a function on G.
+
+  In irrep coordinates, the m-th occurrence of an irrep of size d in `rep` is
+  probed along its m-th axis, scaled by sqrt(d / rep.size): e = Q [..]. For a
+  regular field this is the channel of the identity element, so the samples
+  are the channels themselves.
+  """
+  parts, seen = [], {}
   for irrep in rep.irreps:
     size = rep.group.irrep_size(irrep)
+    occurrence = seen.get(irrep, 0)
+    seen[irrep] = occurrence + 1
     part = np.zeros(size)
-    part[0] = math.sqrt(size)
+    part[occurrence % size] = math.sqrt(size / rep.size)
     parts.append(part)
   return rep.change_of_basis @ np.concatenate(parts)
 
@@ -57,13 +65,16 @@ def fourier_sampling(rep, *, num_samples: int) -> tuple[np.ndarray, np.ndarray]:
   """Sampling and reconstruction matrices of a field as a function on G.
 
   A field value x is read as the band-limited function f(g) = <rho(g) e, x>
-  on the group (e: the first axis of every irrep block, scaled by
-  sqrt(irrep size)). Its samples at g_1..g_S are A x with A[i] = (rho(g_i)
-  e)^T; x is recovered as pinv(A) @ samples. The sample points are all
-  elements of a finite group, and for SO(2)/O(2) the `num_samples` rotations by
-  2 pi i / num_samples (and as many flipped elements for O(2)). Since the
-  sample points form a group, rho(h) permutes the samples of every h among
-  them and sampling, any elementwise fn and reconstruction commute with it.
+  on the group (e: see `_probe_vector`; the mean of f^2 over the group is the
+  mean of x^2 over the field's channels, so samples have the scale of
+  channels). Its samples at g_1..g_S are A x with A[i] = (rho(g_i) e)^T; x is
+  recovered as pinv(A) @ samples. On a regular field of a finite group the
+  samples are the channels: the layer is then the pointwise nonlinearity.
+  The sample points are all elements of a finite group, and for SO(2)/O(2)
+  the `num_samples` rotations by 2 pi i / num_samples (and as many flipped
+  elements for O(2)). Since the sample points form a group, rho(h) permutes
+  the samples for every h among them, and sampling, any elementwise fn and
+  reconstruction commute with it.
 
   Returns:
     (A float64 [S, d], pinv(A) float64 [d, S]).
@@ -82,14 +93,15 @@ def fourier_sampling(rep, *, num_samples: int) -> tuple[np.ndarray, np.ndarray]:
         for flip in flips
         for i in range(num_samples)
     ]
-  probe = _irrep_probe_vector(rep)
+  probe = _probe_vector(rep)
   sampling = np.stack([rep.matrix(g) @ probe for g in elements])
   if np.linalg.matrix_rank(sampling, tol=1e-8) < rep.size:
     raise ValueError(
         f"FourierNonlinearity: a field of representation {rep.name!r} "
         f"(irreps {list(rep.irreps)}) is not determined by its {len(elements)} "
-        "samples on the group; use fields with every irrep at most once (e.g. "
-        "FieldType.irreps) and num_samples > 2 * max frequency."
+        "samples on the group; use fields with every irrep at most once (or "
+        "at most its size times; e.g. FieldType.irreps) and num_samples > "
+        "2 * max frequency."
     )
   return sampling, np.linalg.pinv(sampling)
 

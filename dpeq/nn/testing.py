@@ -92,7 +92,8 @@ def smooth_random_field(
   height, width = shape[-3:-1]
   rows = np.arange(height) - (height - 1) / 2
   cols = np.arange(width) - (width - 1) / 2
-  radius = np.sqrt(rows[:, None] ** 2 + cols[None, :] ** 2) / ((min(height, width) - 1) / 2)
+  half_width = (min(height, width) - 1) / 2
+  radius = np.sqrt(rows[:, None] ** 2 + cols[None, :] ** 2) / half_width
   window = np.clip((0.9 - radius) / 0.35, 0.0, 1.0)
   window = 0.5 - 0.5 * np.cos(np.pi * window)
   return (field * window[:, :, None]).astype(np.float32)

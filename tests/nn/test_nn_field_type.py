@@ -87,12 +87,12 @@ def test_transform_by_a_continuous_angle_is_an_interpolated_action():
   so2 = groups.get_group("SO2")
   field_type = FieldType.irreps(so2, 1)
   yy, xx = np.mgrid[-12:13, -12:13].astype(float)
-  blob = np.exp(-((xx - 4) ** 2 + (yy + 2) ** 2) / 18.0)
+  blob = np.exp(-((xx - 2) ** 2 + (yy + 1) ** 2) / 12.0)  # ~0 at the rim
   x = (blob[None, :, :, None] * np.arange(1, 8)).astype(np.float64)
   half = field_type.transform(x, groups.GroupElement(0.35, 0))
   twice = field_type.transform(half, groups.GroupElement(0.35, 0))
   direct = field_type.transform(x, groups.GroupElement(0.7, 0))
-  assert np.max(np.abs(twice - direct)) < 1e-2 * np.max(np.abs(direct))
+  assert np.max(np.abs(twice - direct)) < 2e-3 * np.max(np.abs(direct))
 
 
 def test_restrict_keeps_channels_and_changes_the_group():
@@ -122,7 +122,7 @@ def test_bad_field_types_raise_clear_errors():
     FieldType(c4, [d4.regular_representation()])
   with pytest.raises(ValueError, match="num_fields"):
     FieldType.trivial(c4, 0)
-  with pytest.raises(ValueError, match="has 4 channels"):
+  with pytest.raises(ValueError, match="has 5 channels.*has 4"):
     FieldType.regular(c4, 1).transform(np.zeros((1, 3, 3, 5)), c4.identity)
   with pytest.raises(ValueError, match="different groups"):
     FieldType.regular(c4, 1) + FieldType.regular(d4, 1)
