@@ -31,7 +31,7 @@ from dpeq.data import cache, raw, specs, tfds_source
 from dpeq.data.raw import DatasetNotFoundError
 
 SOURCES = ("tfds", "raw")
-_STATS_CHUNK = 4096
+_STATS_CHUNK_VALUES = 1 << 24  # float64 values per chunk (128 MiB).
 
 __all__ = ["ArrayDataset", "DatasetInfo", "DatasetNotFoundError", "SOURCES",
            "load"]
@@ -94,11 +94,14 @@ def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...],
   Statistics over all N * H * W pixels (population std), accumulated in
   float64 over chunks of images so memory stays small.
   """
+  if images.ndim != 4 or not len(images):
+    raise ValueError(f"need uint8 [N > 0, H, W, C] images; got {images.shape}.")
   channels = images.shape[-1]
   total = np.zeros(channels)
   total_sq = np.zeros(channels)
-  for start in range(0, len(images), _STATS_CHUNK):
-    chunk = images[start:start + _STATS_CHUNK].reshape(-1, channels)
+  step = max(1, _STATS_CHUNK_VALUES // images[0].size)
+  for start in range(0, len(images), step):
+    chunk = images[start:start + step].reshape(-1, channels)
     chunk = chunk.astype(np.float64)
     total += chunk.sum(axis=0)
     total_sq += np.square(chunk).sum(axis=0)

@@ -11,7 +11,8 @@ Construction (numpy, float64, once per (group, reps, size, cutoff)):
 2. With rho = Q blockdiag(psi) Q^-1, the constraint splits into tiny
    independent problems, one per (output irrep, input irrep, harmonic
    frequency j); each is solved by a deterministic SVD (LAPACK, no
-   randomization) and cached. SO(2) and O(2) use the rotation by 2 pi / M with
+   randomization), its null space brought to reduced row echelon form (a
+   canonical basis of the space, independent of LAPACK's choice) and cached. SO(2) and O(2) use the rotation by 2 pi / M with
    M larger than twice every frequency involved, which forces equivariance
    under all rotations (a trigonometric polynomial of degree < M/2 that
    vanishes on M equally spaced angles vanishes everywhere).
@@ -101,10 +102,13 @@ class SteerableBasis:
       start += len(coeffs)
     return out
 
-  @property
+  @functools.cached_property
   def coefficients(self) -> np.ndarray:
     """float64 [num_basis, out, in, H]: K_b(p) = sum_h coeffs[b, .., h] Y_h(p)."""
-    return self._expand(np.eye(self.harmonics.size)).transpose(0, 3, 2, 1)
+    dense = self._expand(np.eye(self.harmonics.size)).transpose(0, 3, 2, 1)
+    dense = np.ascontiguousarray(dense)
+    dense.setflags(write=False)
+    return dense
 
   def evaluate(self, points: np.ndarray) -> np.ndarray:
     """The elements at arbitrary plane points [..., 2] (x, y).
@@ -115,7 +119,8 @@ class SteerableBasis:
     """
     points = np.asarray(points, dtype=np.float64)
     values = self.harmonics.evaluate(points).reshape(-1, self.harmonics.size)
-    return self._expand(values).reshape(
+    dense = np.tensordot(self.coefficients, values, axes=([3], [1]))  # [b o i M]
+    return dense.transpose(0, 3, 2, 1).reshape(
         (self.num_basis,) + points.shape[:-1] + (self.in_rep.size, self.out_rep.size)
     )
 
@@ -134,6 +139,11 @@ def _check_inputs(group, in_rep, out_rep, kernel_size) -> None:
           f"{group.name}: build it from the same group (restrict it first if it "
           "belongs to a larger group)."
       )
+  harmonics_lib.check_kernel_size(kernel_size)
+
+
+def _check_orthogonal(in_rep, out_rep) -> None:
+  for label, rep in (("in_rep", in_rep), ("out_rep", out_rep)):
     q = rep.change_of_basis
     if not np.allclose(q.T @ q, np.eye(rep.size), atol=1e-10):
       raise ValueError(
@@ -141,7 +151,6 @@ def _check_inputs(group, in_rep, out_rep, kernel_size) -> None:
           "bases need orthogonal representations (as get_group, directsum and "
           "restrict build them)."
       )
-  harmonics_lib.check_kernel_size(kernel_size)
 
 
 def _constraint_elements(group: Group, max_total_frequency: int):
@@ -229,6 +238,34 @@ def _kron3(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
   )
 
 
+def _reduced_row_echelon(rows: np.ndarray) -> np.ndarray:
+  """The reduced row echelon form of a full-rank [r, n] matrix.
+
+  It depends only on the row space, not on the basis LAPACK returned for it,
+  so the solved basis is the same on every machine (up to rounding): a
+  checkpoint's coefficients mean the same kernels wherever the basis is
+  rebuilt.
+  """
+  rows = np.array(rows, dtype=np.float64)
+  pivot_row = 0
+  for col in range(rows.shape[1]):
+    if pivot_row == len(rows):
+      break
+    best = pivot_row + int(np.argmax(np.abs(rows[pivot_row:, col])))
+    if abs(rows[best, col]) < 1e-6:
+      continue
+    rows[[pivot_row, best]] = rows[[best, pivot_row]]
+    rows[pivot_row] /= rows[pivot_row, col]
+    others = np.arange(len(rows)) != pivot_row
+    rows[others] -= np.outer(rows[others, col], rows[pivot_row])
+    rows[others, col] = 0.0
+    pivot_row += 1
+  if pivot_row != len(rows):
+    raise AssertionError("null-space basis is not of full rank")
+  rows[np.abs(rows) < 1e-13] = 0.0
+  return rows
+
+
 @functools.cache
 def _solve_block(group: Group, out_irrep: str, in_irrep: str, frequency: int):
   """Equivariant C [n, d_out, d_in, d_j] between two irreps for frequency j."""
@@ -267,11 +304,7 @@ def _solve_block(group: Group, out_irrep: str, in_irrep: str, frequency: int):
         f"{group.name}: {in_irrep} -> {out_irrep} at frequency {frequency} has "
         f"{solutions.shape[0]} solutions, expected {expected}"
     )
-  # A deterministic sign: the largest entry of each solution is positive.
-  signs = np.sign(solutions[np.arange(len(solutions)),
-                            np.argmax(np.abs(solutions), axis=1)])
-  solutions = solutions * signs[:, None]
-  solutions = solutions.reshape(-1, d_out, d_in, d_j)
+  solutions = _reduced_row_echelon(solutions).reshape(-1, d_out, d_in, d_j)
   solutions.setflags(write=False)
   return solutions
 
@@ -327,6 +360,7 @@ def _irrep_pair_basis(group, out_irrep, in_irrep, kernel_size, cutoff):
 
 @functools.lru_cache(maxsize=512)
 def _build(group, in_rep, out_rep, kernel_size, cutoff) -> SteerableBasis:
+  _check_orthogonal(in_rep, out_rep)
   harmonics = harmonics_lib.ring_harmonics(kernel_size, cutoff)
   expected = expected_basis_size(
       group=group, in_rep=in_rep, out_rep=out_rep, harmonics=harmonics

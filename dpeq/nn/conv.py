@@ -67,8 +67,7 @@ def _plan(in_type: FieldType, out_type: FieldType, kernel_size: int):
   # field is gain * size(b) * Var(input channel), i.e. each output channel has
   # gain times the input channels' variance (for i.i.d. inputs).
   fan_in = np.zeros(len(out_kinds))
-  for a, b, in_count, _, basis in pairs:
-    del a
+  for _, b, in_count, _, basis in pairs:
     fan_in[b] += in_count * basis.shape[0]
   init_std = [
       float(np.sqrt(_INIT_GAIN * rep.size / fan)) if fan else 0.0

@@ -9,8 +9,9 @@ pixel grid and mixing each field's channels:
 
 with plane coordinates p = (x, y), x = col - (W - 1) / 2, y = (H - 1) / 2 - row
 (y points up, rotations are counter-clockwise), and g acting on p as in
-`dpeq.groups.GroupElement`. Everything here is numpy and runs once at init;
-`transform` is the reference action used by the equivariance tests.
+`dpeq.groups.GroupElement`. The bookkeeping is numpy and runs once at init;
+`transform` is the reference action used by the equivariance tests;
+`apply_per_field` is the per-step helper of layers that act field by field.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ _TOLERANCE = 1e-8
 _GENERIC_ANGLES = (0.7, 2.1)
 
 
-def probe_elements(group) -> list:
+def _probe_elements(group) -> list:
   """Elements that generate `group` (all of them for finite groups).
 
   Finite groups: `group.elements()`. SO(2)/O(2): two rotations by generic
@@ -50,7 +51,7 @@ def probe_elements(group) -> list:
 
 def _representation_matrices(rep) -> np.ndarray:
   """rho(g) for the probe elements of rep's group: float64 [E, d, d]."""
-  return np.stack([rep.matrix(g) for g in probe_elements(rep.group)])
+  return np.stack([rep.matrix(g) for g in _probe_elements(rep.group)])
 
 
 def trivial_basis(rep) -> np.ndarray:
@@ -108,8 +109,9 @@ class FieldType:
       `trivial_basis`.
 
   Two field types are equal when their groups and representations are (names
-  of representations are labels and do not matter).
-  Field types are immutable; `+` concatenates two types of the same group.
+  of representations are labels and do not matter). Field types are
+  immutable and hashable; `+` concatenates two types of the same group.
+  `group` may be given by name ("D4"; SO2/O2 then with max_frequency 3).
   """
 
   def __init__(self, group, reps: Sequence):

@@ -111,10 +111,13 @@ class FourierNonlinearity(hk.Module):
 
   For band-limited irrep fields (e.g. FieldType.irreps of SO(2): psi_0 + ... +
   psi_3): samples = A x at `num_samples` equally spaced rotations (O(2): also
-  the flipped ones; finite groups: all elements), y = pinv(A) fn(samples)
-  (see `fourier_sampling`). Exactly equivariant for the rotations by
-  multiples of 2 pi / num_samples; approximately (aliasing of fn's higher
-  frequencies) for other angles. Fields must be orthogonal representations.
+  the flipped ones; finite groups: all |G| elements, `num_samples` unused),
+  y = pinv(A) fn(samples) (see `fourier_sampling`; samples have the scale of
+  the field's channels). Exactly equivariant for the rotations by multiples
+  of 2 pi / num_samples; approximately (aliasing of fn's higher frequencies)
+  for other angles, ~1% for ELU at 16 samples. On regular fields of a finite
+  group it equals PointwiseNonlinearity. Fields must be orthogonal
+  representations whose irreps each appear at most (their size) times.
   """
 
   def __init__(

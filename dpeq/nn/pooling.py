@@ -176,8 +176,9 @@ class InvariantHead(hk.Module):
   """Invariant classifier: GroupPooling, global average over pixels, Linear.
 
   Logits [..., num_classes] are exactly invariant under every element that
-  maps the grid onto itself (both pooling steps are invariant); the linear
-  layer ("linear") has a bias.
+  maps the grid onto itself (both pooling steps are invariant). The linear
+  layer has a bias and is named "classifier", like the final layer of every
+  dpeq.models network (dpeq.models.finetune finds heads by that name).
   """
 
   def __init__(
@@ -205,5 +206,5 @@ class InvariantHead(hk.Module):
     return hk.Linear(
         self.num_classes,
         w_init=hk.initializers.TruncatedNormal(stddev=1.0 / math.sqrt(fan_in)),
-        name="linear",
+        name="classifier",
     )(invariant)

@@ -220,10 +220,10 @@ def make_private_update(
         "max_grad_norm": clipped.norm_max,
         "noise_std": jnp.asarray(config.noise_multiplier * sensitivity,
                                  jnp.float32),
-        "clipped_grad_norm": optax.global_norm(clipped.grad_sum)
+        "clipped_grad_norm": optax.tree.norm(clipped.grad_sum)
                              / config.expected_batch_size,
-        "noisy_grad_norm": optax.global_norm(noisy_mean),
-        "update_norm": optax.global_norm(updates),
+        "noisy_grad_norm": optax.tree.norm(noisy_mean),
+        "update_norm": optax.tree.norm(updates),
     }
     return new_state, metrics
 

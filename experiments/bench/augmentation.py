@@ -144,9 +144,9 @@ def main():
                 num_examples=args.num_examples)
   for name, value in results.items():
     if name.endswith("_s"):
-      print(f"{name[:-2]:>10}: {1e3 * value:9.2f} ms")
+      print(f"{name[:-2]:>20}: {1e3 * value:10.2f} ms")
     else:
-      print(f"{name:>10}: {value}")
+      print(f"{name:>20}: {value}")
   print(f"augment / fwd_bwd = {results['augment_s'] / results['fwd_bwd_s']:.3f}, "
         f"augment / dp_step = {results['augment_s'] / results['dp_step_s']:.3f}")
   if args.json:

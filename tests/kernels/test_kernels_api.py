@@ -105,3 +105,17 @@ def test_bad_inputs_name_the_problem():
                           change_of_basis=np.array([[1.0, 1.0], [0.0, 1.0]]))
   with pytest.raises(ValueError, match="non-orthogonal"):
     kernel_basis(group=c4, in_rep=skewed, out_rep=reg, kernel_size=3)
+
+
+def test_solved_basis_does_not_depend_on_the_null_space_basis_lapack_returns():
+  from dpeq.kernels import basis as basis_lib  # The canonicalization step.
+
+  rng = np.random.default_rng(3)
+  group = get_group("C8")
+  solutions = basis_lib._solve_block(group, "psi_1", "psi_2", 3)
+  rows = solutions.reshape(len(solutions), -1)
+  assert len(rows) == 2
+  for _ in range(3):
+    mixed = rng.normal(size=(2, 2)) @ rows  # Another basis of the same space.
+    np.testing.assert_allclose(basis_lib._reduced_row_echelon(mixed), rows,
+                               atol=1e-12)

@@ -26,21 +26,27 @@ def test_group_count_fallback(num_fields, num_groups, expected):
   assert resolve_num_groups(num_fields, num_groups) == expected
 
 
-def test_group_norm_normalizes_groups_of_whole_fields():
+@pytest.mark.parametrize("uniform", [False, True])
+def test_group_norm_normalizes_groups_of_whole_fields(uniform):
   d4 = groups.get_group("D4")
-  # Groups {2 scalars} and {2 regular fields}: 2 and 16 channels. Splitting
-  # the 18 channels evenly would cut a regular field in two.
-  field_type = FieldType.trivial(d4, 2) + FieldType.regular(d4, 2)
+  if uniform:  # Groups {2 regular fields} x 2: 16 channels each.
+    field_type, bounds = FieldType.regular(d4, 4), ((0, 16), (16, 32))
+  else:
+    # Groups {2 scalars} and {2 regular fields}: 2 and 16 channels; splitting
+    # the 18 channels evenly would cut a regular field in two.
+    field_type = FieldType.trivial(d4, 2) + FieldType.regular(d4, 2)
+    bounds = ((0, 2), (2, 18))
+  size = field_type.size
   rng = np.random.default_rng(0)
-  x = (rng.standard_normal((3, 4, 4, 18)) * rng.uniform(0.5, 3, 18)
-       + rng.uniform(-2, 2, 18)).astype(np.float32)
+  x = (rng.standard_normal((3, 4, 4, size)) * rng.uniform(0.5, 3, size)
+       + rng.uniform(-2, 2, size)).astype(np.float32)
   y = np.asarray(_module(EquivariantGroupNorm, field_type, num_groups=2).apply({}, x))
   expected = np.empty_like(x, dtype=np.float64)
-  for channels in (slice(0, 2), slice(2, 18)):
-    part = x[..., channels].astype(np.float64)
+  for start, end in bounds:
+    part = x[..., start:end].astype(np.float64)
     mean = part.mean(axis=(1, 2, 3), keepdims=True)
     var = part.var(axis=(1, 2, 3), keepdims=True)
-    expected[..., channels] = (part - mean) / np.sqrt(var + 1e-5)
+    expected[..., start:end] = (part - mean) / np.sqrt(var + 1e-5)
   np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
 
 

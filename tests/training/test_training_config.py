@@ -145,7 +145,7 @@ def test_resolve_calibrates_the_largest_number_of_updates():
 
 
 def test_resolve_rejects_explicit_settings_over_budget():
-  config = _config(dp__noise_multiplier=0.5, training__num_updates=1000,
+  config = _config(dp__noise_multiplier=1.5, training__num_updates=100,
                    dp__target_epsilon=1.0)
   with pytest.raises(config_lib.ConfigError, match="is exceeded"):
     config_lib.resolve(config, num_examples=6000)
