@@ -18,7 +18,7 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 test: install
-	$(PY) -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS) tests
+	OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS) tests
 
 bench: install
 	$(PY) -m experiments.bench.run

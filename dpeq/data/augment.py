@@ -196,7 +196,9 @@ def views_fn(config: AugmentConfig, mean: Sequence[float] | float,
     f(key, batch) mapping a raw batch {"images": uint8 [B, H, W, C],
     "labels": int32 [B]} to views {"images": float32 [B, K, H, W, C],
     "labels": int32 [B, K]}; any other leaf [B, ...] is broadcast to
-    [B, K, ...] like the labels.
+    [B, K, ...] like the labels. The draws depend on the key and the row
+    position only, so callers pass a fresh key per micro-batch and update
+    step (e.g. `jax.random.fold_in(step_key, micro_batch_index)`).
   """
   if not isinstance(config, AugmentConfig):
     raise ValueError(f"config must be an AugmentConfig; got {type(config)}.")

@@ -14,8 +14,9 @@ Beyond docs/interfaces.md (additions only, nothing differs): `Group.element`,
 `irrep`, `irrep_specs`/`irrep_spec`/`irrep_size`/`irrep_matrix`,
 `restrict_irrep`, `regular_restriction_permutation`; `Representation.
 change_of_basis_inv`, `irreps_matrix`, `character`, `is_permutation`;
-`GroupElement.matrix()` and `.act(points)`. Subgroups accept any divisor M
-("C<M>", "D<M>"), not only N/2, and O2 -> "SO2".
+`GroupElement.matrix()` and `.act(points)`; `directsum(..., name=None)`.
+Subgroups accept any divisor M ("C<M>", "D<M>"), not only N/2, and
+O2 -> "SO2".
 """
 
 from dpeq.groups.elements import GroupElement

@@ -12,10 +12,11 @@ Construction (numpy, float64, once per (group, reps, size, cutoff)):
    independent problems, one per (output irrep, input irrep, harmonic
    frequency j); each is solved by a deterministic SVD (LAPACK, no
    randomization), its null space brought to reduced row echelon form (a
-   canonical basis of the space, independent of LAPACK's choice) and cached. SO(2) and O(2) use the rotation by 2 pi / M with
-   M larger than twice every frequency involved, which forces equivariance
-   under all rotations (a trigonometric polynomial of degree < M/2 that
-   vanishes on M equally spaced angles vanishes everywhere).
+   canonical basis of the space, independent of LAPACK's choice) and cached.
+   SO(2) and O(2) use the rotation by 2 pi / M with M larger than twice every
+   frequency involved, which forces equivariance under all rotations (a
+   trigonometric polynomial of degree < M/2 that vanishes on M equally spaced
+   angles vanishes everywhere).
 3. The number of solutions is checked against the analytic count
    dim Hom_G(rho_in (x) T, rho_out) = mean_g chi_in(g) chi_T(g) chi_out(g)
    (Frobenius reciprocity; for SO(2)/O(2) the mean over a fine enough C_M/D_M
@@ -27,13 +28,14 @@ Construction (numpy, float64, once per (group, reps, size, cutoff)):
    different irrep pairs are orthogonal and Q_out K Q_in^-1 is an isometry.
    Orthonormal matters for DP: the coefficients are the parameters, DP-SGD
    adds isotropic noise to them, so an orthonormal basis makes that noise
-   isotropic in kernel space too (and weight standardization on coefficients sees the
-   Frobenius geometry of kernels). The same linear map is applied to the
-   harmonic coefficients, so `SteerableBasis.evaluate` gives the returned
-   elements as exact continuous functions.
+   isotropic in kernel space too (and weight standardization on
+   coefficients sees the Frobenius geometry of kernels). The same linear map
+   is applied to the harmonic coefficients, so `SteerableBasis.evaluate`
+   gives the returned elements as exact continuous functions.
 5. Cast to float32 and cached: `kernel_basis` returns the same read-only
    array for the same (group, reps, kernel size, cutoff); the rings follow
-   from the kernel size.
+   from the kernel size. Steps 2 and 4 are canonical (echelon form, matrix
+   square root), so the basis is the same, up to rounding, on every machine.
 """
 
 import functools
@@ -358,7 +360,7 @@ def _irrep_pair_basis(group, out_irrep, in_irrep, kernel_size, cutoff):
   return out
 
 
-@functools.lru_cache(maxsize=512)
+@functools.lru_cache(maxsize=64)  # float64 grids and coefficients: larger.
 def _build(group, in_rep, out_rep, kernel_size, cutoff) -> SteerableBasis:
   _check_orthogonal(in_rep, out_rep)
   harmonics = harmonics_lib.ring_harmonics(kernel_size, cutoff)

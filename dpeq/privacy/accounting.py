@@ -13,14 +13,14 @@ dp_accounting's improved RDP -> (epsilon, delta) conversion; looser, usually
 by 5-10%). Both return upper bounds on the true epsilon.
 """
 
-from collections.abc import Callable, Iterator
 import contextlib
 import logging
 import math
 import warnings
+from collections.abc import Callable, Iterator
 
-from absl import logging as absl_logging
 import dp_accounting
+from absl import logging as absl_logging
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 

@@ -17,8 +17,8 @@ non-finite: such examples contribute exactly zero (and are counted), a
 decision that depends on that example alone.
 """
 
-from collections.abc import Callable
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import jax

@@ -25,7 +25,15 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import dp_accounting
 from ml_collections import config_dict
+
+from dpeq import data as data_lib
+from dpeq import models as models_lib
+from dpeq import paths
+from dpeq.data import augment
+from dpeq.privacy import accounting, sampling
+from dpeq.training import averaging, optimizers
 
 ConfigDict = config_dict.ConfigDict
 
@@ -33,12 +41,6 @@ ACCOUNTANTS = ("pld", "rdp")
 SAMPLINGS = ("poisson", "shuffle")
 LR_SCHEDULES = ("constant", "cosine", "warmup_cosine", "piecewise")
 DATA_SOURCES = ("tfds", "raw")
-# Used only when dpeq.models / dpeq.training.optimizers cannot be imported.
-_FALLBACK_MODELS = (
-    "resnet9", "eq_resnet9", "wrn", "eq_wrn", "nf_resnet50", "cnn_tramer",
-    "eq_cnn",
-)
-_FALLBACK_OPTIMIZERS = ("sgd", "adam", "adamw")
 _EMA_NAME = re.compile(r"^ema_(.+)$")
 
 
@@ -50,9 +52,10 @@ def base_config() -> ConfigDict:
   """Every field of the experiment schema with its default.
 
   The defaults describe a small private Fashion-MNIST run (epsilon 3 over 500
-  updates, sigma calibrated); experiment files override what they need. Fields that default to None are typed
-  placeholders, so command-line overrides such as
-  `--config.dp.noise_multiplier=1.1` parse to the right type.
+  updates, sigma calibrated); experiment files override what they need.
+  Fields that default to None are typed placeholders, so command-line
+  overrides such as `--config.dp.noise_multiplier=1.1` parse to the right
+  type.
 
   Returns:
     A fresh, unlocked ConfigDict.
@@ -102,7 +105,8 @@ def base_config() -> ConfigDict:
   c.data.manual_dir = config_dict.placeholder(str)
   c.data.raw_dir = config_dict.placeholder(str)
   c.data.cache_dir = config_dict.placeholder(str)
-  c.data.train_split = "train"
+  # The whole official training set; "train" holds out "valid" from it.
+  c.data.train_split = "train_valid"
   c.data.eval_split = "test"
   c.data.subset = config_dict.placeholder(int)
   c.data.augmentation = ConfigDict()
@@ -197,22 +201,46 @@ def _choice(config: ConfigDict, field: str, choices: tuple[str, ...]) -> None:
     _fail(field, value, f"must be one of {', '.join(map(repr, choices))}.")
 
 
-def available_models() -> tuple[str, ...]:
-  """Model names `dpeq.models.create` accepts."""
+def make_optimizer(config: ConfigDict):
+  """The optax optimizer of `config.training` (with its lr schedule).
+
+  Cosine schedules need `training.num_updates`; while it is None (before
+  `resolve`), only the optimizer's options are checked, with a constant rate.
+
+  Raises:
+    ConfigError: naming the optimizer or schedule fields at fault.
+  """
+  t = config.training
+  opt, sched = t.optimizer, t.lr_schedule
+  learning_rate = opt.learning_rate
+  if t.num_updates is not None:
+    try:
+      learning_rate = optimizers.make_schedule(
+          name=sched.name, learning_rate=opt.learning_rate,
+          num_updates=t.num_updates, warmup_updates=sched.warmup_updates,
+          boundaries=tuple(sched.boundaries), scales=tuple(sched.scales))
+    except ValueError as e:
+      raise ConfigError(
+          f"config.training.lr_schedule ({sched.name!r}): {e}") from None
   try:
-    from dpeq import models  # pylint: disable=g-import-not-at-top
-    return tuple(models.available())
-  except (ImportError, AttributeError):
-    return _FALLBACK_MODELS
+    return optimizers.make_optimizer(
+        name=opt.name, learning_rate=learning_rate, momentum=opt.momentum,
+        nesterov=opt.nesterov, weight_decay=opt.weight_decay, b1=opt.b1,
+        b2=opt.b2)
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f"config.training.optimizer ({opt.name!r}): {e}") from None
 
 
-def available_optimizers() -> tuple[str, ...]:
-  """Optimizer names `dpeq.training.optimizers` accepts."""
+def augment_config(config: ConfigDict):
+  """The dpeq.data.augment.AugmentConfig of `config` (K = training.augmult)."""
+  aug = config.data.augmentation
   try:
-    from dpeq.training import optimizers  # pylint: disable=g-import-not-at-top
-    return tuple(optimizers.available())
-  except (ImportError, AttributeError):
-    return _FALLBACK_OPTIMIZERS
+    return augment.AugmentConfig(
+        num_views=config.training.augmult, crop_padding=aug.crop_padding,
+        random_flip=aug.random_flip, vertical_flip=aug.vertical_flip,
+        random_rot90=aug.random_rot90, view0_identity=aug.view0_identity)
+  except ValueError as e:
+    raise ConfigError(f"config.data.augmentation: {e}") from None
 
 
 def validate(config: ConfigDict) -> None:
@@ -290,35 +318,14 @@ def validate(config: ConfigDict) -> None:
           "must be an integer >= 1 (the number of augmented views per "
           "example; 1 means no augmentation multiplicity).")
   opt = t.optimizer
-  optimizers = available_optimizers()
-  if opt.name not in optimizers:
-    _fail("training.optimizer.name", opt.name,
-          f"is not a known optimizer; use one of {', '.join(optimizers)}.")
+  _choice(config, "training.optimizer.name", optimizers.available())
   if not _is_number(opt.learning_rate) or not opt.learning_rate > 0:
     _fail("training.optimizer.learning_rate", opt.learning_rate,
           "must be a positive number.")
-  if not _is_number(opt.momentum) or not 0 <= opt.momentum < 1:
-    _fail("training.optimizer.momentum", opt.momentum, "must lie in [0, 1).")
-  if not _is_number(opt.weight_decay) or opt.weight_decay < 0:
-    _fail("training.optimizer.weight_decay", opt.weight_decay,
-          "must be >= 0.")
-  for name in ("b1", "b2"):
-    value = opt[name]
-    if not _is_number(value) or not 0 <= value < 1:
-      _fail(f"training.optimizer.{name}", value, "must lie in [0, 1).")
-  sched = t.lr_schedule
   _choice(config, "training.lr_schedule.name", LR_SCHEDULES)
   _positive_int(config, "training.lr_schedule.warmup_updates",
                 allow_zero=True)
-  if sched.name == "piecewise":
-    boundaries, scales = tuple(sched.boundaries), tuple(sched.scales)
-    if len(boundaries) != len(scales) or not boundaries:
-      _fail("training.lr_schedule.boundaries", boundaries,
-            f"and training.lr_schedule.scales={scales} must be non-empty and "
-            "of equal length for the piecewise schedule.")
-    if list(boundaries) != sorted(boundaries) or min(boundaries) <= 0:
-      _fail("training.lr_schedule.boundaries", boundaries,
-            "must be increasing positive update counts.")
+  make_optimizer(config)  # the optimizer's own checks, as ConfigErrors
   for decay in t.ema_decays:
     if not _is_number(decay) or not 0 < decay < 1:
       _fail("training.ema_decays", tuple(t.ema_decays),
@@ -327,22 +334,28 @@ def validate(config: ConfigDict) -> None:
     _fail("training.polyak", t.polyak, "must be True or False.")
 
   # --- model
-  models = available_models()
-  if config.model.name not in models:
-    _fail("model.name", config.model.name,
-          f"is not a known model; use one of {', '.join(models)}.")
+  _choice(config, "model.name", models_lib.available())
+  accepted = models_lib.model_kwargs(config.model.name)
+  for key in config.model.kwargs.keys():
+    if key not in accepted:
+      _fail(f"model.kwargs.{key}", config.model.kwargs[key],
+            f"is not an option of model {config.model.name!r}; it accepts "
+            f"{', '.join(sorted(accepted)) or 'no options'}.")
 
   # --- data
   d = config.data
-  if not isinstance(d.dataset, str) or not d.dataset:
-    _fail("data.dataset", d.dataset, "must name a dataset.")
+  _choice(config, "data.dataset", data_lib.available())
+  _choice(config, "data.train_split", data_lib.SPLITS)
+  _choice(config, "data.eval_split", data_lib.SPLITS)
   _choice(config, "data.source", DATA_SOURCES)
   if d.source == "raw":
-    if d.raw_dir is None:
+    if d.raw_dir is None and paths.shared_data_dir(d.dataset) is None:
       _fail("data.raw_dir", None,
-            "must point to the folder with the original dataset files when "
-            "data.source='raw'.")
-    if not pathlib.Path(d.raw_dir).expanduser().is_dir():
+            f"must point to the folder with the original {d.dataset} files "
+            "when data.source='raw' (there is no shared/data/"
+            f"{d.dataset} to fall back on), or use data.source='tfds'.")
+    if d.raw_dir is not None and not pathlib.Path(
+        d.raw_dir).expanduser().is_dir():
       _fail("data.raw_dir", d.raw_dir,
             "does not exist; point it to the folder with the original "
             "dataset files, or use data.source='tfds' (needs the network or "
@@ -358,11 +371,12 @@ def validate(config: ConfigDict) -> None:
                "view0_identity"):
     if not isinstance(aug[name], bool):
       _fail(f"data.augmentation.{name}", aug[name], "must be True or False.")
+  augment_config(config)
 
   # --- eval
   _positive_int(config, "eval.every_updates", allow_zero=True)
   _positive_int(config, "eval.batch_size")
-  known = {"last"} | {f"ema_{decay}" for decay in t.ema_decays}
+  known = {"last"} | {averaging.ema_name(decay) for decay in t.ema_decays}
   if t.polyak:
     known.add("polyak")
   for name in config.eval.params:
@@ -411,7 +425,6 @@ def make_sampler(config: ConfigDict, *, num_examples: int,
   Its `dp_event` is what the run is accounted with (calibration, ledger and
   privacy.json all use it), so the guarantee matches the sampling done.
   """
-  from dpeq.privacy import sampling  # pylint: disable=g-import-not-at-top
   cls = {"poisson": sampling.PoissonSampler,
          "shuffle": sampling.ShuffleSampler}[config.dp.sampling]
   return cls(num_examples=num_examples,
@@ -422,7 +435,6 @@ def make_sampler(config: ConfigDict, *, num_examples: int,
 def make_ledger(config: ConfigDict, *, num_examples: int,
                 num_updates: int = 0):
   """The PrivacyLedger of a resolved config, at `num_updates` updates."""
-  from dpeq.privacy import accounting  # pylint: disable=g-import-not-at-top
   return accounting.PrivacyLedger(
       sampler=make_sampler(config, num_examples=num_examples),
       noise_multiplier=config.dp.noise_multiplier, delta=config.dp.delta,
@@ -439,14 +451,12 @@ def spent_epsilon(config: ConfigDict, *, num_examples: int) -> float:
 
 def _calibrate_noise_multiplier(config: ConfigDict, sampler) -> float:
   """Smallest sigma whose epsilon after T updates is within the target."""
-  from dpeq.privacy import accounting  # pylint: disable=g-import-not-at-top
   dp, num_updates = config.dp, config.training.num_updates
   if config.dp.sampling == "poisson":
     return accounting.calibrate_noise_multiplier(
         target_epsilon=dp.target_epsilon, sampling_rate=sampler.sampling_rate,
         steps=num_updates, delta=dp.delta, accountant=dp.accountant)
   # Other samplers: the same search over their own DpEvent.
-  import dp_accounting  # pylint: disable=g-import-not-at-top
   return float(dp_accounting.calibrate_dp_mechanism(
       lambda: accounting.make_accountant(dp.accountant),
       lambda sigma: sampler.dp_event(noise_multiplier=sigma,
@@ -459,7 +469,6 @@ def _calibrate_noise_multiplier(config: ConfigDict, sampler) -> float:
 
 def _calibrate_num_updates(config: ConfigDict, sampler) -> int:
   """Largest T whose epsilon at the given sigma is within the target."""
-  from dpeq.privacy import accounting  # pylint: disable=g-import-not-at-top
   dp = config.dp
   if config.dp.sampling == "poisson":
     return accounting.calibrate_steps(
@@ -467,7 +476,6 @@ def _calibrate_num_updates(config: ConfigDict, sampler) -> int:
         sampling_rate=sampler.sampling_rate, delta=dp.delta,
         accountant=dp.accountant)
   # Shuffling: epsilon grows per epoch started, so T is whole epochs.
-  import dp_accounting  # pylint: disable=g-import-not-at-top
   per_epoch = sampler.updates_per_epoch
   event = lambda epochs: sampler.dp_event(
       noise_multiplier=dp.noise_multiplier, num_updates=epochs * per_epoch)
@@ -533,11 +541,5 @@ def resolve(config: ConfigDict, *, num_examples: int) -> ConfigDict:
               f"{t.num_updates} updates spends epsilon={eps:.4g}; set "
               "training.num_updates=None (or dp.noise_multiplier=None) to "
               "calibrate, or set dp.target_epsilon=None to accept it.")
-  sched = t.lr_schedule
-  if sched.name == "warmup_cosine" and sched.warmup_updates >= t.num_updates:
-    _fail("training.lr_schedule.warmup_updates", sched.warmup_updates,
-          f"must be smaller than training.num_updates={t.num_updates}.")
-  if sched.name == "piecewise" and max(sched.boundaries) >= t.num_updates:
-    _fail("training.lr_schedule.boundaries", tuple(sched.boundaries),
-          f"must lie below training.num_updates={t.num_updates}.")
+  make_optimizer(config)  # now with the schedule over T updates
   return config

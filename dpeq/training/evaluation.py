@@ -168,10 +168,14 @@ def evaluate(
   for start in range(0, num_examples, batch_size):
     stop = min(start + batch_size, num_examples)
     size = stop - start
-    batch_images = np.zeros((batch_size, *images.shape[1:]), np.uint8)
-    batch_labels = np.zeros((batch_size,), np.int32)
-    batch_images[:size] = images[start:stop]
-    batch_labels[:size] = labels[start:stop]
+    batch_images, batch_labels = images[start:stop], labels[start:stop]
+    if size < batch_size:  # the last batch: pad with zero rows, masked out
+      batch_images = np.concatenate(
+          [batch_images, np.zeros((batch_size - size, *images.shape[1:]), np.uint8)]
+      )
+      batch_labels = np.concatenate(
+          [batch_labels, np.zeros((batch_size - size,), labels.dtype)]
+      )
     mask = np.arange(batch_size) < size
     batch = _put(
         {"images": batch_images, "labels": batch_labels, "mask": mask}, sharding

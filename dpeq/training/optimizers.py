@@ -7,8 +7,8 @@ added to the update, never to the gradient (so it never passes through
 clipping or momentum).
 """
 
-from collections.abc import Sequence
 import math
+from collections.abc import Sequence
 
 import optax
 

@@ -16,16 +16,15 @@ of a run is that of the sampler's DpEvent (dpeq.privacy.sampling) at
 config.noise_multiplier, accounted by dpeq.privacy.accounting.
 """
 
-from collections.abc import Callable
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from dpeq.privacy import clipping
-from dpeq.privacy import noise
+from dpeq.privacy import clipping, noise
 from dpeq.training import averaging
 
 PyTree = Any

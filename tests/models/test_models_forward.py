@@ -21,7 +21,7 @@ CASES = {
     "eq_cnn": ({"group": "C4"}, (28, 28, 1)),
     "eq_resnet9": ({"group": "D4", "layout": (8, 16, 16)}, (16, 16, 3)),
     "eq_wrn": ({"group": "C4", "depth": 10, "width": 1}, (8, 8, 3)),
-    "nf_resnet50": ({}, (32, 32, 3)),
+    "nf_resnet50": ({}, (16, 16, 3)),
     "resnet9": ({"layout": (8, 16, 16)}, (16, 16, 3)),
     "wrn": ({"depth": 10, "width": 1}, (8, 8, 3)),
 }

@@ -1,5 +1,8 @@
 """Clipped per-example gradient sums against a naive loop of jax.grad."""
 
+import dataclasses
+import functools
+
 import haiku as hk
 import jax
 import jax.numpy as jnp
@@ -46,6 +49,12 @@ def _batch(num_views, seed=0):
       jnp.asarray(mask))
 
 
+# One jitted entry point: calls with the same shapes and settings share one
+# compilation (eager calls would compile op by op, ~6 s per shape).
+_clipped = jax.jit(
+    functools.partial(clipping.clipped_grad_sum, _loss_fn),
+    static_argnames=("l2_clip_norm", "micro_batch_size", "rescale_to_unit_norm"))
+
 _single_grad = jax.jit(jax.grad(lambda p, v: jnp.mean(_loss_fn(p, v)[0])))
 
 
@@ -89,10 +98,13 @@ def test_clipped_sum_equals_naive_loop(params, use_jit, num_views,
   # Clip at the median so that both branches (clipped / kept) are exercised.
   clip = float(np.median(norms[np.asarray(mask)]))
   expected, norms = _naive(params, batch, mask, clip)
-  fn = lambda p, b, m: clipping.clipped_grad_sum(
-      _loss_fn, p, b, m, l2_clip_norm=clip,
-      micro_batch_size=BATCH // num_micro_batches)
-  result = (jax.jit(fn) if use_jit else fn)(params, batch, mask)
+  if use_jit:
+    result = _clipped(params, batch, mask, l2_clip_norm=clip,
+                      micro_batch_size=BATCH // num_micro_batches)
+  else:
+    result = clipping.clipped_grad_sum(
+        _loss_fn, params, batch, mask, l2_clip_norm=clip,
+        micro_batch_size=BATCH // num_micro_batches)
   _assert_tree_close(result.grad_sum, expected)
   np.testing.assert_allclose(result.per_example_norms, norms, rtol=1e-5)
   real = np.asarray(mask)
@@ -110,18 +122,15 @@ def test_rescale_to_unit_norm_matches_naive_and_has_sensitivity_one(params):
   batch, mask = _batch(2, seed=1)
   clip = 0.05
   expected, _ = _naive(params, batch, mask, clip, rescale=True)
-  result = clipping.clipped_grad_sum(_loss_fn, params, batch, mask,
-                                     l2_clip_norm=clip,
-                                     rescale_to_unit_norm=True)
+  result = _clipped(params, batch, mask, l2_clip_norm=clip,
+                    rescale_to_unit_norm=True)
   _assert_tree_close(result.grad_sum, expected)
   assert result.sensitivity == 1.0
   # Each rescaled contribution has norm <= 1: removing any one example moves
   # the sum by at most 1 (and by ~1 here, since every example is clipped).
-  clipped_sum = jax.jit(lambda m: clipping.clipped_grad_sum(
-      _loss_fn, params, batch, m, l2_clip_norm=clip,
-      rescale_to_unit_norm=True))
   for i in np.flatnonzero(np.asarray(mask)):
-    removed = clipped_sum(mask.at[i].set(False))
+    removed = _clipped(params, batch, mask.at[i].set(False), l2_clip_norm=clip,
+                       rescale_to_unit_norm=True)
     diff = optax.tree.norm(
         jax.tree.map(jnp.subtract, result.grad_sum, removed.grad_sum))
     assert 0.99 < float(diff) <= 1.0 + 1e-6
@@ -134,8 +143,7 @@ def test_nonfinite_rows_contribute_zero_and_are_counted(params):
   images[5] = np.inf
   poisoned = dict(batch, images=jnp.asarray(images))
   clean_mask = mask.at[0].set(False).at[5].set(False)
-  result = clipping.clipped_grad_sum(_loss_fn, params, poisoned, mask,
-                                     l2_clip_norm=0.5)
+  result = _clipped(params, poisoned, mask, l2_clip_norm=0.5)
   expected, _ = _naive(params, batch, clean_mask, 0.5)
   _assert_tree_close(result.grad_sum, expected)
   assert int(result.num_nonfinite) == 2
@@ -145,13 +153,11 @@ def test_nonfinite_rows_contribute_zero_and_are_counted(params):
 
 def test_merge_adds_sums_and_concatenates_rows(params):
   batch, mask = _batch(1, seed=3)
-  whole = clipping.clipped_grad_sum(_loss_fn, params, batch, mask,
-                                    l2_clip_norm=0.5)
+  whole = _clipped(params, batch, mask, l2_clip_norm=0.5)
   half = BATCH // 2
   parts = [
-      clipping.clipped_grad_sum(
-          _loss_fn, params, jax.tree.map(lambda x, s=s: x[s:s + half], batch),
-          mask[s:s + half], l2_clip_norm=0.5)
+      _clipped(params, jax.tree.map(lambda x, s=s: x[s:s + half], batch),
+               mask[s:s + half], l2_clip_norm=0.5)
       for s in (0, half)
   ]
   merged = parts[0].merge(parts[1])
@@ -162,8 +168,7 @@ def test_merge_adds_sums_and_concatenates_rows(params):
   totals = merged.totals()
   assert totals.per_example_norms is None and totals.aux is None
   with pytest.raises(ValueError, match="sensitivit"):
-    parts[0].merge(clipping.clipped_grad_sum(
-        _loss_fn, params, batch, mask, l2_clip_norm=0.25))
+    parts[0].merge(dataclasses.replace(parts[1], sensitivity=0.25))
 
 
 @pytest.mark.parametrize("clip", [0.0, -1.0, float("nan"), float("inf")])

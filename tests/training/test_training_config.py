@@ -20,14 +20,20 @@ def _config(**overrides):
   return config
 
 
-def _pld_epsilon(*, sigma, q, steps, delta):
+def _rdp_epsilon(*, sigma, q, steps, delta):
   """Independent epsilon of Poisson-sampled Gaussian DP-SGD (dp_accounting)."""
   event = dp_accounting.SelfComposedDpEvent(
       dp_accounting.PoissonSampledDpEvent(
           q, dp_accounting.GaussianDpEvent(sigma)), steps)
-  accountant = dp_accounting.pld.PLDAccountant(
-      value_discretization_interval=1e-4)
+  accountant = dp_accounting.rdp.RdpAccountant()
   return accountant.compose(event).get_epsilon(delta)
+
+
+def _shuffle_epsilon(*, sigma, epochs, delta):
+  """Independent epsilon of `epochs` Gaussian mechanisms, replace-one."""
+  event = dp_accounting.SelfComposedDpEvent(
+      dp_accounting.GaussianDpEvent(sigma / 2), epochs)
+  return dp_accounting.rdp.RdpAccountant().compose(event).get_epsilon(delta)
 
 
 def test_base_config_is_valid_and_complete():
@@ -67,7 +73,13 @@ MALFORMED = [
     (dict(dp__sampling="fixed"), "config.dp.sampling='fixed'"),
     (dict(data__source="raw", data__raw_dir="/nonexistent/fmnist"),
      "config.data.raw_dir='/nonexistent/fmnist': does not exist"),
-    (dict(data__source="raw"), "config.data.raw_dir=None: must point"),
+    (dict(data__dataset="cifar10", data__source="raw"),
+     "config.data.raw_dir=None: must point"),
+    (dict(data__dataset="cifar11"), "config.data.dataset='cifar11'"),
+    (dict(model__kwargs__depth=16), "config.model.kwargs.depth=16: is not an"),
+    (dict(training__optimizer__name="adam",
+          training__optimizer__momentum=0.9),
+     "config.training.optimizer ('adam'): momentum"),
     (dict(dp__l2_clip_norm=0.0), "config.dp.l2_clip_norm=0.0"),
     (dict(dp__noise_multiplier=None, training__num_updates=None),
      "set one of them"),
@@ -79,7 +91,8 @@ MALFORMED = [
      "config.training.lr_schedule.name='step'"),
     (dict(training__lr_schedule__name="piecewise",
           training__lr_schedule__boundaries=(10, 20),
-          training__lr_schedule__scales=(0.1,)), "of equal length"),
+          training__lr_schedule__scales=(0.1,)),
+     "config.training.lr_schedule ('piecewise')"),
     (dict(training__expected_batch_size=0),
      "config.training.expected_batch_size=0: must be a positive integer"),
     (dict(distributed__num_processes=2), "config.distributed.coordinator"),
@@ -102,9 +115,10 @@ def test_unknown_field_is_rejected_with_its_name():
   with pytest.raises(config_lib.ConfigError, match="config.training.learning_"
                      "rate is not a field"):
     config_lib.validate(config)
-  # model.kwargs is free-form.
+  # model.kwargs holds the model's own options.
   config = config_lib.base_config()
-  config.model.kwargs.width = 3
+  config.model.name = "resnet9"
+  config.model.kwargs.layout = (16, 32, 64)
   config_lib.validate(config)
 
 
@@ -117,17 +131,18 @@ def test_batch_larger_than_dataset_is_rejected_by_resolve():
 
 
 def test_resolve_calibrates_sigma_to_the_target_epsilon():
+  # RDP keeps this fast; the PLD path is exercised by the budget test below.
   config = _config(dp__noise_multiplier=None, training__num_updates=50,
                    dp__target_epsilon=2.0, dp__delta=1e-5,
-                   training__expected_batch_size=256)
+                   training__expected_batch_size=256, dp__accountant="rdp")
   resolved = config_lib.resolve(config, num_examples=6000)
   sigma = resolved.dp.noise_multiplier
   assert config.dp.noise_multiplier is None  # input untouched
   assert resolved.training.num_updates == 50
-  eps = _pld_epsilon(sigma=sigma, q=256 / 6000, steps=50, delta=1e-5)
+  eps = _rdp_epsilon(sigma=sigma, q=256 / 6000, steps=50, delta=1e-5)
   assert eps <= 2.0 + 1e-6
   # Smallest such sigma: 2% less noise overshoots the target.
-  assert _pld_epsilon(sigma=0.98 * sigma, q=256 / 6000, steps=50,
+  assert _rdp_epsilon(sigma=0.98 * sigma, q=256 / 6000, steps=50,
                       delta=1e-5) > 2.0
   assert config_lib.spent_epsilon(resolved, num_examples=6000) == (
       pytest.approx(eps, rel=1e-3))
@@ -135,13 +150,29 @@ def test_resolve_calibrates_sigma_to_the_target_epsilon():
 
 def test_resolve_calibrates_the_largest_number_of_updates():
   config = _config(dp__noise_multiplier=1.5, training__num_updates=None,
-                   dp__target_epsilon=1.0, training__expected_batch_size=256)
+                   dp__target_epsilon=1.0, training__expected_batch_size=256,
+                   dp__accountant="rdp")
   resolved = config_lib.resolve(config, num_examples=6000)
   steps = resolved.training.num_updates
   assert resolved.dp.noise_multiplier == 1.5
   kwargs = dict(sigma=1.5, q=256 / 6000, delta=1e-5)
-  assert _pld_epsilon(steps=steps, **kwargs) <= 1.0 + 1e-6
-  assert _pld_epsilon(steps=steps + 1, **kwargs) > 1.0 - 1e-6
+  assert _rdp_epsilon(steps=steps, **kwargs) <= 1.0 + 1e-6
+  assert _rdp_epsilon(steps=steps + 1, **kwargs) > 1.0 - 1e-6
+
+
+def test_resolve_accounts_shuffled_batches_per_epoch():
+  # 6000 / 250 = 24 updates per epoch; each epoch is one Gaussian mechanism
+  # with multiplier sigma / 2 (replace-one), no amplification.
+  config = _config(dp__noise_multiplier=20.0, training__num_updates=None,
+                   dp__target_epsilon=2.0, dp__sampling="shuffle",
+                   dp__accountant="rdp", training__expected_batch_size=250,
+                   training__micro_batch_size=50)
+  resolved = config_lib.resolve(config, num_examples=6000)
+  steps = resolved.training.num_updates
+  assert steps % 24 == 0
+  epochs = steps // 24
+  assert _shuffle_epsilon(sigma=20.0, epochs=epochs, delta=1e-5) <= 2.0
+  assert _shuffle_epsilon(sigma=20.0, epochs=epochs + 1, delta=1e-5) > 2.0
 
 
 def test_resolve_rejects_explicit_settings_over_budget():
