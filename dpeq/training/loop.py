@@ -1,0 +1,437 @@
+"""The training loop: one experiment config, end to end, resumable.
+
+`train(config, workdir=...)` loads the data, resolves sigma and T, builds the
+model and the private update, and runs T DP-SGD updates on a mesh of all
+devices (of all processes). Per update:
+
+  host:    sampler.batch(step) -> padded indices + mask (same on every host)
+  device:  for each micro-batch of micro_batch_size * num_devices rows:
+             clipped_grads (augmentation key fold_in(fold_in(data_key, step),
+             micro_step)), accumulated; micro-steps never touch the update
+             step, the averages or the ledger
+           apply: one noise draw, one optimizer step, one averaging step
+  host:    ledger.record(1); metrics; evaluation; checkpoint.
+
+Outputs in the workdir: config.json (the resolved config), privacy.json
+(sigma, q, T, delta, epsilon, accountant, the DpEvent), metrics.jsonl and
+TensorBoard events (dpeq.training.logging), checkpoints/ (see
+dpeq.training.checkpointing for the resume rule), report.md and plots.
+
+Guarantee: the run is (epsilon, delta)-DP for the epsilon of privacy.json,
+under the adjacency of the configured sampler, for the release of every
+intermediate update (hence of all parameters, averages and metrics derived
+from them). Training metrics computed from the non-noised per-example
+statistics (loss, train accuracy, gradient norms, fraction clipped) are NOT
+covered: they are diagnostics for the person running the experiment.
+"""
+
+import json
+import math
+import os
+import pathlib
+from typing import Any
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ml_collections import config_dict
+
+from dpeq import data as data_lib
+from dpeq import models as models_lib
+from dpeq.data import batching
+from dpeq.privacy import noise
+from dpeq.privacy.sampling import BatchSelection
+from dpeq.training import checkpointing, distributed, evaluation, metrics, report
+from dpeq.training import config as config_lib
+from dpeq.training import logging as run_logging
+from dpeq.training import update as update_lib
+
+ConfigError = config_lib.ConfigError
+CONFIG_FILE = "config.json"
+PRIVACY_FILE = "privacy.json"
+SPARSITY_EPS = (1e-5, 1e-4, 1e-3, 1e-2)
+# Fields that must match between a checkpoint and the run resuming it.
+_RESUME_KEYS = ("seed", "dp", "training", "model", "data")
+
+
+def load_data(config: config_dict.ConfigDict):
+  """The (train, eval) ArrayDatasets of `config.data` (first `subset` rows).
+
+  Raises:
+    ConfigError: when the data cannot be found or read as configured.
+  """
+  d = config.data
+  kwargs = dict(source=d.source, data_dir=d.data_dir, manual_dir=d.manual_dir,
+                raw_dir=d.raw_dir, cache_dir=d.cache_dir,
+                max_examples=d.subset)
+  try:
+    train = data_lib.load(d.dataset, split=d.train_split, **kwargs)
+    evaluation_set = data_lib.load(d.dataset, split=d.eval_split, **kwargs)
+  except (ValueError, OSError) as e:  # DatasetNotFoundError is a ValueError
+    raise ConfigError(
+        f"config.data (dataset={d.dataset!r}, source={d.source!r}) cannot be "
+        f"loaded: {e}") from None
+  return train, evaluation_set
+
+
+def make_loss_fn(apply_fn):
+  """Per-example loss over K views: (cross-entropy [K], aux).
+
+  aux: "loss" (the mean over the views, i.e. the trained objective) and
+  "correct" (1.0 if view 0 is classified correctly).
+  """
+
+  def loss_fn(params, views):
+    logits = apply_fn(params, views["images"], is_training=True)
+    losses = metrics.cross_entropy(logits, views["labels"])
+    correct = jnp.argmax(logits[0]) == views["labels"][0]
+    return losses, {"loss": jnp.mean(losses),
+                    "correct": correct.astype(jnp.float32)}
+
+  return loss_fn
+
+
+def _micro_stats(clipped, mask):
+  """Additive statistics of one micro-batch (replicated scalars)."""
+  norms = clipped.per_example_norms
+  finite = mask & jnp.isfinite(norms)
+  return {
+      "loss_sum": jnp.sum(jnp.where(mask, clipped.aux["loss"], 0.0)),
+      "correct_sum": jnp.sum(jnp.where(mask, clipped.aux["correct"], 0.0)),
+      "norm_sq_sum": jnp.sum(jnp.where(finite, jnp.square(norms), 0.0)),
+      "norm_min": jnp.min(jnp.where(finite, norms, jnp.inf)),
+  }
+
+
+def _accumulate(a, b):
+  (clipped_a, stats_a), (clipped_b, stats_b) = a, b
+  stats = {k: (jnp.minimum if k == "norm_min" else jnp.add)(stats_a[k],
+                                                            stats_b[k])
+           for k in stats_a}
+  return clipped_a.merge(clipped_b), stats
+
+
+def _sparsity_record(prefix: str, values) -> dict[str, float]:
+  return {f"sparsity/{prefix}/{eps:.0e}".replace("e-0", "e-"): float(v)
+          for eps, v in zip(SPARSITY_EPS, values, strict=True)}
+
+
+def _write_json(path: pathlib.Path, value: Any) -> None:
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text(json.dumps(run_logging.to_python(value), indent=2) + "\n")
+  os.replace(tmp, path)
+
+
+def _privacy_summary(config, ledger, sampler) -> dict[str, Any]:
+  summary = ledger.to_dict()
+  summary["target_epsilon"] = config.dp.target_epsilon
+  summary["non_private"] = config.dp.non_private
+  summary["dp_event"] = repr(sampler.dp_event(
+      noise_multiplier=config.dp.noise_multiplier,
+      num_updates=ledger.num_updates))
+  return summary
+
+
+class _Run:
+  """The state of one call to `train` (kept small; see `train`)."""
+
+  def __init__(self, config, workdir: pathlib.Path):
+    cfg = config
+    self.workdir = workdir
+    self.is_chief = jax.process_index() == 0
+    self.train_set, self.eval_set = load_data(cfg)
+    self.config = config_lib.resolve(
+        cfg, num_examples=len(self.train_set))
+    cfg = self.config
+    self.num_updates = cfg.training.num_updates
+
+    self.mesh = distributed.batch_mesh()
+    self.num_devices = self.mesh.size
+    self.replicated = distributed.replicated(self.mesh)
+    self.batch_sharding = distributed.batch_sharded(self.mesh)
+    if cfg.eval.batch_size % self.num_devices:
+      raise ConfigError(
+          f"config.eval.batch_size={cfg.eval.batch_size} must be a multiple "
+          f"of the {self.num_devices} devices.")
+    self.rows_per_micro_step = cfg.training.micro_batch_size * self.num_devices
+    self.sampler = config_lib.make_sampler(
+        cfg, num_examples=len(self.train_set),
+        pad_multiple=self.rows_per_micro_step)
+    info = self.train_set.info
+
+    try:
+      self.model = models_lib.create(cfg.model.name,
+                                     num_classes=info.num_classes,
+                                     **cfg.model.kwargs.to_dict())
+    except ValueError as e:
+      raise ConfigError(f"config.model ({cfg.model.name!r}): {e}") from None
+    self.dp_config = update_lib.DpSgdConfig(
+        l2_clip_norm=cfg.dp.l2_clip_norm,
+        noise_multiplier=cfg.dp.noise_multiplier,
+        expected_batch_size=cfg.training.expected_batch_size,
+        rescale_to_unit_norm=cfg.dp.rescale_to_unit_norm,
+        ema_decays=tuple(cfg.training.ema_decays),
+        polyak=cfg.training.polyak, non_private=cfg.dp.non_private)
+    self.private = update_lib.make_private_update(
+        loss_fn=make_loss_fn(self.model.apply),
+        optimizer=config_lib.make_optimizer(cfg),
+        config=self.dp_config,
+        views_fn=data_lib.views_fn(config_lib.augment_config(cfg), info.mean,
+                                   info.std))
+    init_key, noise_key, self.data_key = jax.random.split(
+        jax.random.key(cfg.seed), 3)
+    self._compile(init_key, noise_key, info.image_shape)
+
+  def _compile(self, init_key, noise_key, image_shape):
+    """Jitted pieces with their shardings (params replicated, rows split)."""
+    rep, rows = self.replicated, self.batch_sharding
+    model, private = self.model, self.private
+
+    def init(init_key, noise_key):
+      params = model.init(init_key, jnp.zeros((1, *image_shape), jnp.float32))
+      return private.init(params, key=noise_key)
+
+    self.state = jax.jit(init, out_shardings=rep)(init_key, noise_key)
+    self.num_params = hk.data_structures.tree_size(self.state.params)
+
+    def micro_step(params, batch, mask, data_key, step, micro_step):
+      key = jax.random.fold_in(jax.random.fold_in(data_key, step), micro_step)
+      clipped = private.clipped_grads(params, batch, mask, key=key)
+      return clipped.totals(), _micro_stats(clipped, mask)
+
+    self.micro_step = jax.jit(
+        micro_step, in_shardings=(rep, rows, rows, rep, rep, rep),
+        out_shardings=rep)
+    self.accumulate = jax.jit(_accumulate, out_shardings=rep)
+    self.apply = jax.jit(private.apply, out_shardings=rep)
+    dp = self.dp_config
+
+    def privatized_gradient(privatizer_state, grad_sum):
+      # The very noisy mean that `apply` hands to the optimizer (same key and
+      # step, so the same draw): post-processing, no extra privacy cost.
+      privatizer = noise.gaussian_privatizer(
+          noise_multiplier=dp.noise_multiplier, sensitivity=dp.sensitivity,
+          expected_batch_size=dp.expected_batch_size,
+          key=privatizer_state.key)
+      noisy, _ = privatizer.update(grad_sum, privatizer_state)
+      return metrics.l0_sparsity(noisy, eps=SPARSITY_EPS)
+
+    self.grad_sparsity = jax.jit(privatized_gradient, out_shardings=rep)
+    self.param_sparsity = jax.jit(
+        lambda p: metrics.l0_sparsity(p, eps=SPARSITY_EPS), out_shardings=rep)
+
+  # --------------------------------------------------------------------------
+
+  def run_update(self, step: int):
+    """One logical batch; returns (state before, clipped totals, stats)."""
+    selection = self.sampler.batch(step)
+    size = self.rows_per_micro_step
+    total = None
+    scalars = np.int32(step)
+    for micro, start in enumerate(range(0, len(selection.indices), size)):
+      part = BatchSelection(indices=selection.indices[start:start + size],
+                            mask=selection.mask[start:start + size])
+      raw = batching.gather(self.train_set, part, sharding=self.batch_sharding)
+      local_mask = part.mask[batching.local_rows(size, self.batch_sharding)]
+      batch, mask = batching.to_devices((raw, local_mask), self.batch_sharding)
+      result = self.micro_step(self.state.params, batch, mask, self.data_key,
+                               scalars, np.int32(micro))
+      total = result if total is None else self.accumulate(total, result)
+    before = self.state
+    self.state, update_metrics = self.apply(self.state, total[0])
+    return before, total, update_metrics
+
+  def training_record(self, step, ledger, total, update_metrics):
+    clipped, stats = distributed.to_host(total)
+    m = distributed.to_host(update_metrics)
+    count = max(int(clipped.num_examples), 1)
+    finite = max(int(clipped.num_examples - clipped.num_nonfinite), 1)
+    mean_norm = float(m["mean_grad_norm"])
+    variance = max(float(stats["norm_sq_sum"]) / finite - mean_norm ** 2, 0.0)
+    noise_norm = float(m["noise_std"]) * math.sqrt(self.num_params)
+    clipped_sum_norm = (float(m["clipped_grad_norm"])
+                        * self.dp_config.expected_batch_size)
+    return {
+        "step": step,
+        "epsilon": ledger.epsilon(),
+        "loss": float(stats["loss_sum"]) / count,
+        "train_accuracy": float(stats["correct_sum"]) / count,
+        "batch_size": int(clipped.num_examples),
+        "num_nonfinite": int(clipped.num_nonfinite),
+        "grad_norm_mean": mean_norm,
+        "grad_norm_std": math.sqrt(variance),
+        "grad_norm_min": float(stats["norm_min"]),
+        "grad_norm_max": float(m["max_grad_norm"]),
+        "fraction_clipped": float(m["fraction_clipped"]),
+        "noise_std": float(m["noise_std"]),
+        # ||clipped sum|| / E||noise|| (E||noise|| ~ sigma C sqrt(d)).
+        "signal_to_noise": (clipped_sum_norm / noise_norm if noise_norm
+                            else math.inf),
+        "clipped_grad_norm": float(m["clipped_grad_norm"]),
+        "noisy_grad_norm": float(m["noisy_grad_norm"]),
+        "update_norm": float(m["update_norm"]),
+    }
+
+  def evaluation_records(self, step, epsilon):
+    cfg = self.config
+    records = []
+    for name in cfg.eval.params:
+      params = (self.state.params if name == "last"
+                else self.state.averages[name])
+      result = evaluation.evaluate(
+          self.model.apply, params, self.eval_set,
+          batch_size=cfg.eval.batch_size, mean=self.train_set.info.mean,
+          std=self.train_set.info.std, sharding=self.batch_sharding)
+      record = {"step": step, "params": name, "epsilon": epsilon,
+                "accuracy": result["top1"], "top5": result["top5"],
+                "loss": result["loss"], "brier": result["brier"],
+                "ece": result["ece"]}
+      record.update(_sparsity_record(
+          "params", distributed.to_host(self.param_sparsity(params))))
+      records.append(record)
+    return records
+
+
+def _check_resumable(saved: dict, config) -> None:
+  current = run_logging.to_python(
+      {k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k]
+       for k in _RESUME_KEYS})
+  for key in _RESUME_KEYS:
+    if saved.get(key) != current[key]:
+      raise ConfigError(
+          f"the checkpoints in this workdir belong to a run whose config.{key} "
+          "differs from this one; use a fresh --workdir (or the same config "
+          "to resume).")
+
+
+def train(config: config_dict.ConfigDict, *, workdir: str | os.PathLike
+          ) -> dict[str, Any]:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint.
+
+  Args:
+    config: an experiment config (validated and resolved here).
+    workdir: the run directory (created; an earlier run there is resumed).
+
+  Returns:
+    Final metrics: "epsilon", "noise_multiplier", "num_updates", and per
+    evaluated params NAME: "NAME/accuracy", "NAME/top5", "NAME/loss",
+    "NAME/brier", "NAME/ece".
+
+  Raises:
+    ConfigError: for a config that does not fit the data, the devices or
+      the checkpoints in `workdir`.
+  """
+  dist = config.distributed
+  distributed.initialize(coordinator_address=dist.coordinator_address,
+                         num_processes=dist.num_processes,
+                         process_id=dist.process_id)
+  config_lib.validate(config)
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  run = _Run(config, workdir)
+  cfg, T = run.config, run.num_updates
+  num_examples = len(run.train_set)
+  ledger = config_lib.make_ledger(cfg, num_examples=num_examples)
+  checkpointer = checkpointing.Checkpointer(workdir, keep=cfg.checkpoint.keep)
+  metrics_path = workdir / run_logging.METRICS_FILE
+
+  start = checkpointer.latest_step()
+  if start is not None:
+    run.state, record = checkpointer.restore(start, like=run.state)
+    _check_resumable(record["config"], cfg)
+    run.data_key = jax.random.wrap_key_data(
+        np.asarray(record["data_key"], np.uint32),
+        impl=jax.random.key_impl(run.data_key))
+    ledger.record(record["ledger"]["num_updates"])
+    if run.is_chief:
+      checkpointing.truncate_metrics(metrics_path,
+                                     length=record["metrics_bytes"])
+  else:
+    start = 0
+    if run.is_chief:
+      checkpointing.truncate_metrics(metrics_path, length=0)
+  if int(distributed.to_host(run.state.update_step)) != start:
+    raise AssertionError("checkpoint step and TrainState.update_step differ")
+
+  if run.is_chief:
+    full_ledger = config_lib.make_ledger(cfg, num_examples=num_examples,
+                                         num_updates=T)
+    _write_json(workdir / CONFIG_FILE, cfg.to_dict())
+    _write_json(workdir / PRIVACY_FILE,
+                _privacy_summary(cfg, full_ledger, run.sampler))
+    print(f"Resolved config:\n{cfg}")
+    print(f"noise_multiplier (sigma) = {cfg.dp.noise_multiplier:.6g}, "
+          f"num_updates (T) = {T}, sampling rate q = "
+          f"{run.sampler.sampling_rate:.6g}, epsilon = "
+          f"{full_ledger.epsilon():.6g} at delta = {cfg.dp.delta:g} "
+          f"({cfg.dp.accountant}, {cfg.dp.sampling}); {run.num_devices} "
+          f"device(s), {jax.process_count()} process(es); "
+          + (f"resuming at update {start}." if start else "starting."),
+          flush=True)
+
+  writer = (run_logging.MetricsWriter(workdir,
+                                      tensorboard=cfg.logging.tensorboard)
+            if run.is_chief else None)
+  bar = run_logging.ProgressBar(
+      total=T, initial=start,
+      enabled=run.is_chief and cfg.logging.progress_bar)
+  keyed = {k: (cfg[k].to_dict() if hasattr(cfg[k], "to_dict") else cfg[k])
+           for k in _RESUME_KEYS}
+
+  def save(step):
+    checkpointer.save(step, state=run.state, record={
+        "config": run_logging.to_python(keyed),
+        "data_key": np.asarray(jax.random.key_data(run.data_key)).tolist(),
+        "ledger": {"num_updates": ledger.num_updates},
+        "metrics_bytes": checkpointing.metrics_length(metrics_path),
+    })
+
+  def write(record):
+    if writer is not None:
+      writer.write(record)
+
+  def evaluate(step):
+    records = run.evaluation_records(step, ledger.epsilon())
+    for record in records:
+      write(record)
+    return records
+
+  try:
+    for step in range(start, T):
+      before, total, update_metrics = run.run_update(step)
+      ledger.record(1)
+      done = step + 1
+      eval_due = done == T or (cfg.eval.every_updates
+                               and done % cfg.eval.every_updates == 0)
+      if done % cfg.logging.every_updates == 0 or done == T or eval_due:
+        record = run.training_record(done, ledger, total, update_metrics)
+        if eval_due:
+          record.update(_sparsity_record("grad", distributed.to_host(
+              run.grad_sparsity(before.privatizer_state,
+                                total[0].grad_sum))))
+        write(record)
+        bar.update(done, epsilon=record["epsilon"],
+                   accuracy=record["train_accuracy"])
+      if eval_due and done < T:
+        evaluate(done)
+      if done == T or (cfg.checkpoint.every_updates
+                       and done % cfg.checkpoint.every_updates == 0):
+        save(done)
+    final_records = evaluate(T)
+    privacy = _privacy_summary(cfg, ledger, run.sampler)
+    if run.is_chief:
+      _write_json(workdir / PRIVACY_FILE, privacy)
+  finally:
+    bar.close()
+    if writer is not None:
+      writer.close()
+    checkpointer.close()
+  if run.is_chief:
+    report.write_report(workdir)
+  final = {"epsilon": privacy["epsilon"],
+           "noise_multiplier": cfg.dp.noise_multiplier, "num_updates": T}
+  for record in final_records:
+    for key in ("accuracy", "top5", "loss", "brier", "ece"):
+      final[f"{record['params']}/{key}"] = record[key]
+  return final
