@@ -32,6 +32,17 @@ def check_positive_int(value, *, name: str) -> int:
   return int(value)
 
 
+def check_wrn_depth(depth, *, model: str) -> int:
+  """Returns a valid WRN depth (6 n + 4, n >= 1) or raises ValueError."""
+  depth = check_positive_int(depth, name=f"{model} depth")
+  if depth < 10 or (depth - 4) % 6:
+    raise ValueError(
+        f"{model} depth must be 6 n + 4 with n >= 1 (10, 16, 22, 28, 40, ...), "
+        f"got {depth}."
+    )
+  return depth
+
+
 def adaptive_avg_pool(x: jax.Array, output_size: tuple[int, int]) -> jax.Array:
   """Average pool [B, H, W, C] to [B, *output_size, C] (adaptive windows).
 

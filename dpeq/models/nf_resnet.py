@@ -85,6 +85,7 @@ class NFResNet50(hk.Module):
     self.num_classes = num_classes
     self.alpha = alpha
 
+  @hk.transparent
   def features(self, images: jax.Array) -> jax.Array:
     """Pooled features before the classifier: [B, 2048]."""
     layers.check_images(images, model="nf_resnet50")

@@ -50,6 +50,7 @@ class ResNet9(hk.Module):
         groups, create_scale=False, create_offset=False, name=name
     )(x)
 
+  @hk.transparent
   def _block(self, x: jax.Array, channels: int, *, pool: bool, name: str):
     x = WSConv2D(channels, 3, name=f"{name}_conv")(x)
     x = self._norm(jax.nn.mish(x), f"{name}_norm")
@@ -57,6 +58,7 @@ class ResNet9(hk.Module):
       x = layers.max_pool_2d(x, window=2, stride=2)
     return x
 
+  @hk.transparent
   def features(self, images: jax.Array) -> jax.Array:
     """Feature map before the head: [B, H / 8, W / 8, c3]."""
     layers.check_images(images, model="resnet9")

@@ -26,6 +26,7 @@ class TramerCNN(hk.Module):
     super().__init__(name=name)
     self.num_classes = num_classes
 
+  @hk.transparent
   def features(self, images: jax.Array) -> jax.Array:
     """Hidden layer before the classifier: [B, 32]."""
     layers.check_images(images, model="cnn_tramer")

@@ -42,6 +42,7 @@ class WideResNet(hk.Module):
   def _norm(self, name: str) -> hk.GroupNorm:
     return hk.GroupNorm(self.num_groups, name=name)
 
+  @hk.transparent
   def _stage(self, x: jax.Array, *, index: int, stride: int) -> jax.Array:
     width = self.widths[index]
     for unit in range(self.units_per_stage):
@@ -63,6 +64,7 @@ class WideResNet(hk.Module):
       x = x + skip
     return x
 
+  @hk.transparent
   def features(self, images: jax.Array) -> jax.Array:
     """Pooled features before the classifier: [B, 64 * width]."""
     layers.check_images(images, model="wrn")
@@ -84,13 +86,8 @@ class WideResNet(hk.Module):
 
 def wrn(*, num_classes: int, depth: int = 16, width: int = 4):
   """WRN-`depth`-`width` (De et al.); depth = 6 n + 4, e.g. 16, 28, 40."""
-  depth = layers.check_positive_int(depth, name="wrn depth")
+  depth = layers.check_wrn_depth(depth, model="wrn")
   width = layers.check_positive_int(width, name="wrn width")
-  if depth < 10 or (depth - 4) % 6:
-    raise ValueError(
-        f"wrn depth must be 6 n + 4 with n >= 1 (10, 16, 22, 28, 40, ...), got "
-        f"{depth}."
-    )
 
   def forward(images, is_training=False):
     return WideResNet(num_classes=num_classes, depth=depth, width=width)(

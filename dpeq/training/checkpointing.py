@@ -22,9 +22,9 @@ TensorBoard event files are append-only: scalars of the replayed steps
 appear twice there, with identical values.
 """
 
-from collections.abc import Mapping
 import os
 import pathlib
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -164,3 +164,38 @@ def truncate_metrics(path: str | os.PathLike, *, length: int) -> None:
         "metrics file was modified outside the run.")
   with open(path, "r+b") as f:
     f.truncate(length)
+
+
+def read_checkpoint(workdir: str | os.PathLike, *, step: int | None = None
+                    ) -> tuple[dict, dict]:
+  """Reads a checkpoint of a run on this machine, whatever devices wrote it.
+
+  For inspection and comparisons (e.g. params of runs on different device
+  counts); resuming goes through `Checkpointer.restore`.
+
+  Args:
+    workdir: the run's directory.
+    step: the update step to read (None: the newest complete checkpoint).
+
+  Returns:
+    (state, record): the TrainState as nested dicts / lists of numpy arrays
+    (PRNG keys as their uint32 data), and the JSON record.
+  """
+  directory = pathlib.Path(workdir).resolve() / CHECKPOINT_DIR
+  if step is None:
+    steps = Checkpointer(workdir, keep=1).all_steps() if directory.is_dir() \
+        else []
+    if not steps:
+      raise ValueError(f"{directory} holds no complete checkpoint.")
+    step = steps[-1]
+  path = directory / str(step)
+  checkpointer = ocp.StandardCheckpointer()
+  tree = checkpointer.metadata(path / "state").item_metadata
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
+  state = jax.tree.map(np.asarray, checkpointer.restore(path / "state",
+                                                        abstract))
+  record = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
+      path / "record")
+  return state, dict(record)

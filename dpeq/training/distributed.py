@@ -9,8 +9,8 @@ rows its own devices hold.
 """
 
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 BATCH_AXIS = "batch"
 

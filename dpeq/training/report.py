@@ -188,28 +188,54 @@ def _plot_epsilon(series: _Series, target: float | None, delta: Any,
   return True
 
 
+def _eps_order(label: str) -> tuple[float, str]:
+  try:
+    return float(label), label
+  except ValueError:
+    return math.inf, label
+
+
 def _plot_sparsity(series: _Series, path: pathlib.Path) -> bool:
-  groups = [("", series.train)] + [
-      (f"{params}: ", series.eval[params]) for params in _params_order(series.eval)
+  """One panel per quantity (e.g. grad, params); colour = eps, style = params.
+
+  Keys are `sparsity/<quantity>/<eps>` (a key without a quantity goes to a
+  panel of its own name).
+  """
+  sources = [("", series.train)] + [
+      (params, series.eval[params]) for params in _params_order(series.eval)
   ]
-  curves = {}
-  for prefix, records in groups:
-    for key in series.sparsity_keys():
+  panels: dict[str, list[tuple[str, str, np.ndarray, np.ndarray]]] = {}
+  for key in series.sparsity_keys():
+    parts = key.split("/")
+    quantity = parts[1] if len(parts) >= 3 else key
+    eps = parts[-1] if len(parts) >= 3 else ""
+    for params, records in sources:
       steps, values = _curve(records, key)
       if steps.size:
-        label = key[len(SPARSITY_PREFIX):].lstrip("/_") or key
-        curves[prefix + label] = (steps, values)
-  if not curves:
+        panels.setdefault(quantity, []).append((eps, params, steps, values))
+  if not panels:
     return False
-  figure = Figure(figsize=(6.5, 4.2))
-  ax = figure.subplots()
-  for label, (steps, values) in curves.items():
-    ax.plot(steps, values, marker="." if len(steps) < 50 else None, label=label)
-  ax.set(title="l0-eps sparsity: fraction of coordinates with |x| <= eps",
-         xlabel="update step", ylabel="fraction")
-  ax.set_ylim(0, 1)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+  titles = {"grad": "privatized gradient", "params": "parameters"}
+  figure = Figure(figsize=(5.5 * len(panels) + 1.5, 4.2))
+  axes = np.atleast_1d(figure.subplots(1, len(panels), squeeze=False)[0])
+  styles = ("-", "--", ":", "-.")
+  for ax, (quantity, curves) in zip(axes, sorted(panels.items()), strict=True):
+    eps_labels = sorted({eps for eps, *_ in curves}, key=_eps_order)
+    params_names = list(dict.fromkeys(params for _, params, _, _ in curves))
+    curves.sort(key=lambda c: (eps_labels.index(c[0]), params_names.index(c[1])))
+    for eps, params, steps, values in curves:
+      color = f"C{eps_labels.index(eps) % 10}"
+      style = styles[params_names.index(params) % len(styles)]
+      label = f"eps={eps}" if eps else quantity
+      if len(params_names) > 1:
+        label += f" ({params})"
+      ax.plot(steps, values, color=color, ls=style, marker="." if
+              len(steps) < 50 else None, label=label)
+    ax.set(title=f"{titles.get(quantity, quantity)}: fraction with |x| <= eps",
+           xlabel="update step", ylabel="fraction")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
   _save(figure, path)
   return True
 

@@ -1,7 +1,5 @@
 """Forward pass and per-example gradients (vmap of grad) for every model."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,9 +7,6 @@ import pytest
 
 import dpeq.models
 
-# Tiny shapes run in milliseconds; compilation dominates, and XLA:CPU's
-# backend optimizations roughly double it, so tests switch them off.
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
 NUM_CLASSES = 3
 BATCH = 2
 
@@ -55,7 +50,7 @@ def test_forward_and_per_example_gradients(name):
     logits = model.apply(params, image[None])
     return -jax.nn.log_softmax(logits)[0, label], logits[0]
 
-  @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+  @jax.jit
   def run(params, images, labels):
     grads, logits = jax.vmap(
         jax.grad(example_loss, has_aux=True), in_axes=(None, 0, 0))(

@@ -3,6 +3,8 @@
 Counts use jax.eval_shape on `init`, so no network is compiled or run.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -93,3 +95,85 @@ def test_nf_resnet50_count():
   # torchvision's ResNet-50 has 25,557,032 parameters; NF-ResNet-50 swaps the
   # batch-norm scale/offset for WS gains and conv biases: within 0.1%.
   assert abs(got - 25_557_032) < 0.001 * 25_557_032
+
+
+# Equivariant models. A 3x3 kernel of a finite group has H = 8 ring harmonics
+# (centre; ring 1 with j <= 3: cos/sin of j = 1..3 and the constant). By
+# Frobenius reciprocity an equivariant map from any d-channel field into a
+# regular field of a finite group K has d * H basis elements (whatever K),
+# and a regular field holds one trivial irrep: one bias per output field.
+HARMONICS_3X3 = 8
+PAPER_TABLE4 = {  # Hölzl et al. Table 4, CIFAR-10, rounded to thousands.
+    "C4": 258_000, "C8": 256_000, "C16": 244_000, "D4": 256_000,
+    "D8": 244_000, "D16": 238_000, "SO2": 309_000,
+}
+
+
+def eq_conv(in_channels, out_fields, per_channel):
+  return in_channels * out_fields * per_channel + out_fields
+
+
+def so2_pair_count(m, n, ring_limits=(0, 2)):
+  """Basis size psi_m -> psi_n of SO(2), summed over rings (escnn cutoff:
+  centre j <= 0, outer ring j <= 2 for 3x3)."""
+  total = 0
+  for limit in ring_limits:
+    if m == n == 0:
+      total += 1
+    elif min(m, n) == 0:
+      total += 2 * (max(m, n) <= limit)
+    else:
+      total += 2 * (abs(m - n) <= limit) + 2 * (m + n <= limit)
+  return total
+
+
+def eq_resnet9_formula(group, layout=(16, 32, 64), num_classes=10):
+  c1, c2, c3 = layout
+  if group == "SO2":
+    band = 3  # psi_0 .. psi_3: 7 channels per field
+    n1, n2 = (max(1, int(c * math.sqrt(1.5) / band**2)) for c in (c1, c2))
+    n3 = c3  # SO(2) -> trivial: the paper's last stage of c3 plain channels
+    freqs = range(band + 1)
+    field_size = 1 + 2 * band
+    field_to_field = sum(so2_pair_count(m, n) for m in freqs for n in freqs)
+    trivial_to_field = sum(so2_pair_count(0, n) for n in freqs)
+    total = (3 * n1 * trivial_to_field + n1
+             + n1 * n2 * field_to_field + n2
+             + 2 * (n2 * n2 * field_to_field + n2)
+             + n2 * n3 * field_to_field + n3)
+    total += eq_conv(n3 * field_size, n3, HARMONICS_3X3)  # restricted conv4
+    total += 2 * eq_conv(n3, n3, HARMONICS_3X3)
+    return total + linear(4 * n3, num_classes)
+  order = int(group[1:]) * (2 if group[0] == "D" else 1)
+  sub = order // 2  # "halved"
+  width = lambda c, o: max(1, int(c * math.sqrt(1.5 * o) / o))
+  n1, n2, n3 = width(c1, order), width(c2, order), width(c3, sub)
+  h = HARMONICS_3X3
+  return (eq_conv(3, n1, h) + eq_conv(n1 * order, n2, h)
+          + 2 * eq_conv(n2 * order, n2, h) + eq_conv(n2 * order, n3, h)
+          + eq_conv(n3 * order, n3, h)  # restricted fields keep |G| channels
+          + 2 * eq_conv(n3 * sub, n3, h) + linear(4 * n3, num_classes))
+
+
+@pytest.mark.parametrize("group", sorted(PAPER_TABLE4))
+def test_eq_resnet9_counts_match_formula_and_paper_table4(group):
+  got = count_params("eq_resnet9", image_shape=(32, 32, 3), group=group,
+                     layout=(16, 32, 64), restrict="halved")
+  assert got == eq_resnet9_formula(group)
+  assert abs(got - PAPER_TABLE4[group]) < 1000, got
+
+
+def test_eq_resnet9_default_is_the_papers_d4_model():
+  assert count_params("eq_resnet9", image_shape=(32, 32, 3)) == (
+      eq_resnet9_formula("D4"))
+
+
+def test_eq_cnn_count_is_close_to_tramers():
+  # 5x5 kernels: centre, ring 1 with j <= 3 and ring 2 with j <= 6.
+  h = 1 + (1 + 2 * 3) + (1 + 2 * 6)
+  n1, n2 = int(16 * math.sqrt(6) / 4), int(32 * math.sqrt(6) / 4)  # C4
+  expected = (eq_conv(1, n1, h) + eq_conv(n1 * 4, n2, h)
+              + linear(n2 * 4 * 4, 32) + linear(32, 10))
+  got = count_params("eq_cnn", image_shape=(28, 28, 1), group="C4")
+  assert got == expected
+  assert abs(got - 26010) < 0.1 * 26010

@@ -1,0 +1,265 @@
+"""Benchmark: the private update of whole models against a non-private one.
+
+  python -m experiments.bench.models_overhead [--cases resnet9/cifar,...]
+      [--batch_size 32 --views 1,4 --rounds 5 --micro_batch_size 16
+       --json out.json]
+
+For each case (a model at an image shape) and each augmentation
+multiplicity K, on the default JAX backend, float32, both steps jitted:
+
+  private      `make_private_update(...).update`: K augmented views per
+               example (dpeq.data.augment), per-example gradients of the
+               mean loss over the views (vmap), clipping, the clipped sum,
+               Gaussian noise, the optimizer step;
+  non_private  the same views and the same optimizer step, with the plain
+               gradient of the mean loss over all B * K views.
+
+Both run in one process in alternating rounds (median of rounds); the
+headline is the ratio private / non_private of the median update times. Also
+reported: examples/s (B / update time) and images/s (B * K / update time) of
+the private update, the compile time of both steps, XLA's memory plan of each
+executable (arguments + outputs + temporaries) and the process' peak RSS.
+"""
+
+import argparse
+import dataclasses
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from dpeq import models
+from dpeq.data import augment
+from dpeq.training import update as update_lib
+from experiments.bench import common
+
+CIFAR_SHAPE = (32, 32, 3)
+FMNIST_SHAPE = (28, 28, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  """A model at an input shape.
+
+  Attributes:
+    model: a dpeq.models registry name.
+    kwargs: the model's options as (name, value) pairs.
+    image_shape: (H, W, C) of the images.
+    crop_padding: reflect-pad width of the random crop of every view.
+  """
+
+  model: str
+  kwargs: tuple[tuple[str, Any], ...]
+  image_shape: tuple[int, int, int]
+  crop_padding: int = 4
+
+  def create(self) -> hk.Transformed:
+    return models.create(self.model, num_classes=10, **dict(self.kwargs))
+
+
+# The benchmark's cases, by name "model/shape".
+CASES = {
+    "cnn_tramer/fmnist": Case("cnn_tramer", (), FMNIST_SHAPE, 2),
+    "eq_cnn/fmnist": Case("eq_cnn", (), FMNIST_SHAPE, 2),
+    "resnet9_small/fmnist": Case("resnet9", (("layout", (16, 32, 64)),),
+                                 FMNIST_SHAPE, 2),
+    "eq_resnet9_d4_small/fmnist": Case(
+        "eq_resnet9", (("group", "D4"), ("layout", (16, 32, 64))),
+        FMNIST_SHAPE, 2),
+    "resnet9/cifar": Case("resnet9", (), CIFAR_SHAPE),
+    "eq_resnet9_c4/cifar": Case("eq_resnet9", (("group", "C4"),), CIFAR_SHAPE),
+    "eq_resnet9_d4/cifar": Case("eq_resnet9", (("group", "D4"),), CIFAR_SHAPE),
+    "eq_resnet9_c8/cifar": Case("eq_resnet9", (("group", "C8"),), CIFAR_SHAPE),
+    "eq_resnet9_so2/cifar": Case("eq_resnet9", (("group", "SO2"),),
+                                 CIFAR_SHAPE),
+    "wrn16_4/cifar": Case("wrn", (("depth", 16), ("width", 4)), CIFAR_SHAPE),
+}
+# A bounded default for a shared 2-core CPU (make bench); --full: all CASES.
+DEFAULT_CASES = ("cnn_tramer/fmnist", "eq_cnn/fmnist", "resnet9_small/fmnist",
+                 "resnet9/cifar", "eq_resnet9_d4/cifar", "wrn16_4/cifar")
+
+
+def make_loss_fn(apply_fn):
+  """Per-example loss for dpeq.privacy: cross-entropy of each of K views."""
+
+  def loss_fn(params, views):
+    logits = apply_fn(params, views["images"], is_training=True)
+    losses = optax.softmax_cross_entropy_with_integer_labels(
+        logits, views["labels"])
+    return losses, {"loss": jnp.mean(losses)}
+
+  return loss_fn
+
+
+def make_steps(case: Case, *, batch_size: int, num_views: int,
+               micro_batch_size: int | None = None, seed: int = 0):
+  """The two jittable steps of a case and their example arguments.
+
+  Returns:
+    (private_step, private_args, non_private_step, non_private_args,
+    num_params), where private_step(state, batch, mask, key) and
+    non_private_step(params, opt_state, batch, key) each return the new
+    state; the batch is uint8 images [B, H, W, C] and int32 labels [B].
+  """
+  model = case.create()
+  rng = np.random.default_rng(seed)
+  batch = {
+      "images": jnp.asarray(rng.integers(0, 256, (batch_size,
+                                                  *case.image_shape)),
+                            jnp.uint8),
+      "labels": jnp.asarray(rng.integers(0, 10, batch_size), jnp.int32),
+  }
+  mask = jnp.ones([batch_size], bool)
+  key = jax.random.key(seed)
+  params = model.init(jax.random.key(seed + 1),
+                      jnp.zeros((1, *case.image_shape), jnp.float32))
+  num_params = sum(x.size for x in jax.tree.leaves(params))
+  optimizer = optax.sgd(0.1, momentum=0.9)
+  views_fn = augment.views_fn(
+      augment.AugmentConfig(num_views=num_views,
+                            crop_padding=case.crop_padding, random_flip=True),
+      mean=0.5, std=0.25)
+
+  private = update_lib.make_private_update(
+      loss_fn=make_loss_fn(model.apply), optimizer=optimizer,
+      config=update_lib.DpSgdConfig(
+          l2_clip_norm=1.0, noise_multiplier=1.0,
+          expected_batch_size=batch_size, micro_batch_size=micro_batch_size),
+      views_fn=views_fn)
+  state = private.init(params, key=jax.random.key(seed + 2))
+
+  def private_step(state, batch, mask, key):
+    return private.update(state, batch, mask, key=key)[0]
+
+  def non_private_step(params, opt_state, batch, key):
+    views = views_fn(key, batch)
+    images = views["images"].reshape(-1, *case.image_shape)
+    labels = views["labels"].reshape(-1)
+
+    def mean_loss(p):
+      logits = model.apply(p, images, is_training=True)
+      return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+          logits, labels))
+
+    grads = jax.grad(mean_loss)(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  return (private_step, (state, batch, mask, key), non_private_step,
+          (params, optimizer.init(params), batch, key), num_params)
+
+
+def bench_case(name: str, *, batch_size: int, num_views: int, rounds: int,
+               calls_per_round: int = 1,
+               micro_batch_size: int | None = None) -> dict[str, Any]:
+  """Times one case at one K; returns a results row (seconds, MiB)."""
+  case = CASES[name]
+  rss_before = common.peak_rss_mib()
+  (private_step, private_args, non_private_step, non_private_args,
+   num_params) = make_steps(case, batch_size=batch_size, num_views=num_views,
+                            micro_batch_size=micro_batch_size)
+  private_c, private_compile = common.compile_timed(private_step,
+                                                    *private_args)
+  plain_c, plain_compile = common.compile_timed(non_private_step,
+                                                *non_private_args)
+  times = common.interleaved_seconds(
+      {"private": lambda: private_c(*private_args),
+       "non_private": lambda: plain_c(*non_private_args)},
+      rounds=rounds, calls_per_round=calls_per_round)
+  private_s = common.median(times["private"])
+  plain_s = common.median(times["non_private"])
+  return {
+      "case": name,
+      "model": case.model,
+      "kwargs": {k: v for k, v in case.kwargs},
+      "image_shape": list(case.image_shape),
+      "num_params": int(num_params),
+      "batch_size": batch_size,
+      "num_views": num_views,
+      "micro_batch_size": micro_batch_size,
+      "rounds": rounds,
+      "private_s": private_s,
+      "non_private_s": plain_s,
+      "ratio": private_s / plain_s,
+      "private_examples_per_s": batch_size / private_s,
+      "private_images_per_s": batch_size * num_views / private_s,
+      "non_private_images_per_s": batch_size * num_views / plain_s,
+      "private_compile_s": private_compile,
+      "non_private_compile_s": plain_compile,
+      "private_xla_mib": common.xla_memory_mib(private_c),
+      "non_private_xla_mib": common.xla_memory_mib(plain_c),
+      "peak_rss_delta_mib": common.peak_rss_mib() - rss_before,
+      "private_times_s": times["private"],
+      "non_private_times_s": times["non_private"],
+  }
+
+
+TABLE_COLUMNS = (
+    ("case", "case"), ("num_params", "params"), ("batch_size", "B"),
+    ("num_views", "K"), ("private_s", "private s"),
+    ("non_private_s", "non-private s"), ("ratio", "ratio"),
+    ("private_examples_per_s", "ex/s"), ("private_images_per_s", "img/s"),
+    ("private_compile_s", "compile s (priv)"),
+    ("non_private_compile_s", "compile s (non-priv)"),
+    ("private_xla_mib", "XLA MiB (priv)"),
+    ("non_private_xla_mib", "XLA MiB (non-priv)"),
+    ("peak_rss_delta_mib", "RSS peak +MiB"),
+)
+
+
+def run(cases: Sequence[str], *, batch_size: int, views: Sequence[int],
+        rounds: int, calls_per_round: int = 1,
+        micro_batch_size: int | None = None, log=print) -> list[dict]:
+  """Benchmarks every (case, K); skips a case whose model is not built."""
+  unknown = [c for c in cases if c not in CASES]
+  if unknown:
+    raise ValueError(f"Unknown case(s) {unknown}; known: {', '.join(CASES)}.")
+  rows = []
+  for name in cases:
+    for num_views in views:
+      start = time.perf_counter()
+      try:
+        row = bench_case(name, batch_size=batch_size, num_views=num_views,
+                         rounds=rounds, calls_per_round=calls_per_round,
+                         micro_batch_size=micro_batch_size)
+      except (ImportError, ModuleNotFoundError) as e:
+        log(f"{name}: skipped ({e})")
+        rows.append({"case": name, "num_views": num_views,
+                     "skipped": f"{type(e).__name__}: {e}"})
+        break
+      rows.append(row)
+      log(f"{name} K={num_views}: private {row['private_s'] * 1e3:.1f} ms, "
+          f"non-private {row['non_private_s'] * 1e3:.1f} ms, ratio "
+          f"{row['ratio']:.2f} ({time.perf_counter() - start:.0f} s)")
+  return rows
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict]:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--cases", default=",".join(DEFAULT_CASES),
+                      help=f"comma-separated, from: {', '.join(CASES)}")
+  parser.add_argument("--batch_size", type=int, default=32)
+  parser.add_argument("--views", default="1,4")
+  parser.add_argument("--rounds", type=int, default=5)
+  parser.add_argument("--micro_batch_size", type=int, default=None)
+  parser.add_argument("--json", default=None)
+  args = parser.parse_args(argv)
+  rows = run(args.cases.split(","), batch_size=args.batch_size,
+             views=[int(v) for v in args.views.split(",")],
+             rounds=args.rounds, micro_batch_size=args.micro_batch_size)
+  print(common.markdown_table([r for r in rows if "skipped" not in r],
+                              TABLE_COLUMNS))
+  if args.json:
+    common.write_json(args.json, {"machine": common.machine_info(),
+                                  "rows": rows})
+  return rows
+
+
+if __name__ == "__main__":
+  main()
+

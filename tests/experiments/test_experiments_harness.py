@@ -1,0 +1,116 @@
+"""The benchmark and reproduction harness: aggregation logic and a tiny run."""
+
+import statistics
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dpeq import models
+from dpeq.data import augment
+from dpeq.training import config as config_lib
+from experiments.bench import common, models_overhead
+from experiments.bench import run as bench_run
+from experiments.reproduce import fashion_mnist as fmnist
+
+
+def test_markdown_table_formats_rows_and_missing_values():
+  table = common.markdown_table(
+      [{"a": "x", "b": 0.123456}, {"a": "y", "b": 1234.5, "c": None}],
+      [("a", "A"), ("b", "B"), ("c", "C")])
+  lines = table.splitlines()
+  assert lines[0] == "| A | B | C |"
+  assert lines[2] == "| x | 0.123 | - |"
+  assert lines[3] == "| y | 1234 | - |"
+
+
+def test_interleaved_seconds_alternates_and_counts_calls():
+  order = []
+  fns = {"a": lambda: order.append("a"), "b": lambda: order.append("b")}
+  times = common.interleaved_seconds(fns, rounds=3, calls_per_round=2,
+                                     warmup=1)
+  assert order == ["a", "b"] + ["a", "a", "b", "b"] * 3
+  assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+  with pytest.raises(ValueError, match="rounds"):
+    common.interleaved_seconds(fns, rounds=0)
+
+
+def _record(model, stage, eps, seed, accuracy, overrides=None, wall=60.0):
+  return {"key": f"{stage}/{model}/{eps}/{seed}/{overrides}", "model": model,
+          "stage": stage, "eps": eps, "seed": seed,
+          "overrides": overrides or {}, "accuracy": accuracy, "wall_s": wall,
+          "num_updates": 10, "expected_batch_size": 512,
+          "noise_multiplier": 1.0}
+
+
+def test_select_uses_validation_only_and_summarize_uses_selected_params():
+  records = [
+      _record("m", "sweep", 3, 0, {"last": 0.80, "polyak": 0.82}, {"lr": 1}),
+      _record("m", "sweep", 3, 0, {"last": 0.85, "polyak": 0.84}, {"lr": 2}),
+      # A final run must never influence the selection.
+      _record("m", "final", 3, 0, {"last": 0.10, "polyak": 0.99}),
+      _record("m", "final", 3, 1, {"last": 0.30, "polyak": 0.10}),
+      _record("m", "final", 3, 2, {"last": 0.20, "polyak": 0.10}),
+      _record("m", "final", 8, 0, {"last": 0.50, "polyak": 0.10}),
+  ]
+  selected = fmnist.select(records)
+  assert selected["m"]["overrides"] == {"lr": 2}
+  assert selected["m"]["params"] == "last"
+  rows = {r["eps"]: r for r in fmnist.summarize(records, selected)}
+  assert rows[3]["seeds"] == 3
+  assert rows[3]["median"] == pytest.approx(0.20)
+  assert rows[3]["std"] == pytest.approx(statistics.stdev([0.1, 0.3, 0.2]))
+  assert rows[8]["std"] == 0.0
+  assert "20.00 +- 10.00" in fmnist.table_markdown([rows[3]])
+
+
+def test_reproduce_configs_are_valid_and_sweep_holds_out_the_test_set():
+  sweep = fmnist.make_config(fmnist.Run(
+      "eq_cnn_d4", 3, 0, (("training.optimizer.learning_rate", 4.0),),
+      "sweep"))
+  config_lib.validate(sweep)
+  assert (sweep.data.train_split, sweep.data.eval_split) == ("train", "valid")
+  assert sweep.model.kwargs.group == "D4"
+  assert sweep.training.optimizer.learning_rate == 4.0
+  final = fmnist.make_config(fmnist.Run("cnn_tramer", 1, 2, (), "final"))
+  config_lib.validate(final)
+  assert (final.data.train_split, final.data.eval_split) == (
+      "train_valid", "test")
+  assert final.dp.target_epsilon == 1 and final.seed == 2
+  for model in fmnist.MODELS:
+    assert all(isinstance(r, dict) for r in fmnist.SWEEP.get(model, ({},)))
+
+
+def test_bench_case_runs_both_updates_on_the_same_views():
+  row = models_overhead.bench_case("cnn_tramer/fmnist", batch_size=2,
+                                   num_views=2, rounds=1)
+  assert row["private_s"] > 0 and row["non_private_s"] > 0
+  assert row["ratio"] == pytest.approx(row["private_s"] / row["non_private_s"])
+  assert row["private_images_per_s"] == pytest.approx(
+      2 * row["private_examples_per_s"])
+  assert row["num_params"] == 26_010
+  # The non-private step is plain SGD on the mean loss: with the views of
+  # the same key, its first update equals -lr * grad (momentum starts at 0).
+  (_, _, step, (params, opt_state, batch, key), _) = models_overhead.make_steps(
+      models_overhead.CASES["cnn_tramer/fmnist"], batch_size=2, num_views=2)
+  new_params, _ = jax.jit(step)(params, opt_state, batch, key)
+  views = augment.views_fn(
+      augment.AugmentConfig(num_views=2, crop_padding=2, random_flip=True),
+      mean=0.5, std=0.25)(key, batch)
+  model = models.create("cnn_tramer", num_classes=10)
+
+  def mean_loss(p):
+    logits = model.apply(p, views["images"].reshape(4, 28, 28, 1))
+    log_probs = jax.nn.log_softmax(logits)
+    return -jnp.mean(log_probs[jnp.arange(4), views["labels"].reshape(4)])
+
+  expected = jax.tree.map(lambda p, g: p - 0.1 * g, params,
+                          jax.grad(mean_loss)(params))
+  for got, want in zip(jax.tree.leaves(new_params), jax.tree.leaves(expected),
+                       strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+  page = bench_run.render({
+      "machine": common.machine_info(), "command": "test", "date": "now",
+      "models": [row, {"case": "x", "num_views": 1, "skipped": "no model"}]})
+  assert "cnn_tramer/fmnist" in page and "x: skipped" in page

@@ -1,0 +1,72 @@
+"""Shared helpers of the runner tests (not collected by pytest)."""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import jax
+
+from dpeq import paths
+
+TINY_CONFIG = "tests/training/helpers_tiny_config.py"
+
+
+def cli_command(workdir, config_arg: str = "", *overrides: str) -> list[str]:
+  """`python -m dpeq.train` on the tiny config, with --config.* overrides."""
+  config = TINY_CONFIG + (f":{config_arg}" if config_arg else "")
+  return [sys.executable, "-m", "dpeq.train", f"--config={config}",
+          f"--workdir={workdir}", *overrides]
+
+
+def cli_env(*, num_devices: int = 1) -> dict[str, str]:
+  """Environment of a CLI subprocess: CPU only, `num_devices` CPU devices."""
+  env = dict(os.environ)
+  env["JAX_PLATFORMS"] = "cpu"
+  env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+  flags = [f for f in env.get("XLA_FLAGS", "").split()
+           if "xla_force_host_platform_device_count" not in f]
+  if num_devices > 1:
+    flags.append(f"--xla_force_host_platform_device_count={num_devices}")
+  env["XLA_FLAGS"] = " ".join(flags)
+  env["PYTHONPATH"] = os.pathsep.join(
+      [str(paths.REPO_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
+  return env
+
+
+def start_cli(workdir, config_arg: str = "", *overrides: str,
+              num_devices: int = 1, log_path=None) -> subprocess.Popen:
+  """Starts the CLI in the repository root; output goes to `log_path`."""
+  with open(log_path or os.devnull, "w") as log:  # the child keeps its copy
+    return subprocess.Popen(
+        cli_command(workdir, config_arg, *overrides), cwd=paths.REPO_ROOT,
+        env=cli_env(num_devices=num_devices), stdout=log,
+        stderr=subprocess.STDOUT)
+
+
+def wait_ok(process: subprocess.Popen, log_path, timeout: float = 300) -> None:
+  """Waits for a CLI run and fails with its log when it did not succeed."""
+  code = process.wait(timeout=timeout)
+  if code != 0:
+    log = pathlib.Path(log_path).read_text() if log_path else ""
+    raise AssertionError(f"run exited with {code}:\n{log[-4000:]}")
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def records(workdir) -> list[dict]:
+  """Every line of metrics.jsonl, parsed (a torn line fails the test)."""
+  path = pathlib.Path(workdir) / "metrics.jsonl"
+  return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def flat(tree) -> dict[str, object]:
+  """{path: leaf} of a pytree, for leaf-by-leaf comparisons."""
+  return {jax.tree_util.keystr(k): v
+          for k, v in jax.tree_util.tree_leaves_with_path(tree)}

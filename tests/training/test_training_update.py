@@ -1,0 +1,204 @@
+"""The private update end to end on a tiny conv net."""
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from scipy import stats
+
+from dpeq.training import update
+
+BATCH, EXPECTED, CLIP, LR = 8, 6, 2.0, 0.5
+
+
+def _net(images):
+  x = jax.nn.relu(hk.Conv2D(3, 3, stride=2)(images))
+  return hk.Linear(3)(jnp.mean(x, axis=(-3, -2)))
+
+
+_MODEL = hk.without_apply_rng(hk.transform(_net))
+
+
+def _loss_fn(params, views):
+  logits = _MODEL.apply(params, views["images"])
+  losses = optax.softmax_cross_entropy_with_integer_labels(
+      logits, views["labels"])
+  return losses, {"loss": jnp.mean(losses)}
+
+
+def _views_fn(key, batch):
+  """K = 3 views: the image, its mirror, and a noisy copy."""
+  images = batch["images"]
+  noisy = images + 0.1 * jax.random.normal(key, images.shape)
+  views = jnp.stack([images, images[:, :, ::-1], noisy], axis=1)
+  labels = jnp.repeat(batch["labels"][:, None], 3, axis=1)
+  return {"images": views, "labels": labels}
+
+
+@pytest.fixture(scope="module")
+def data():
+  params = jax.jit(_MODEL.init)(jax.random.key(0), jnp.zeros((1, 6, 6, 2)))
+  rng = np.random.default_rng(0)
+  batch = {
+      "images": jnp.asarray(
+          rng.normal(size=(BATCH, 6, 6, 2))
+          * rng.uniform(0.02, 3.0, size=(BATCH, 1, 1, 1)), jnp.float32),
+      "labels": jnp.asarray(rng.integers(0, 3, BATCH), jnp.int32),
+  }
+  mask = jnp.asarray([True] * 5 + [False, True, False])
+  return params, batch, mask
+
+
+def _naive_clipped_sum(params, views, mask, clip):
+  grad = jax.jit(jax.grad(lambda p, v: jnp.mean(_loss_fn(p, v)[0])))
+  total = jax.tree.map(lambda p: np.zeros(p.shape), params)
+  num_clipped = 0
+  for i in np.flatnonzero(np.asarray(mask)):
+    g = grad(params, jax.tree.map(lambda x, i=i: x[i], views))
+    norm = float(optax.tree.norm(g))
+    num_clipped += norm > clip
+    factor = min(1.0, clip / norm)
+    total = jax.tree.map(lambda t, g, f=factor: t + f * g, total, g)
+  return total, num_clipped
+
+
+def _make(noise_multiplier, *, non_private=False, micro=None, views_fn=None,
+          rescale=False):
+  config = update.DpSgdConfig(
+      l2_clip_norm=CLIP, noise_multiplier=noise_multiplier,
+      expected_batch_size=EXPECTED, micro_batch_size=micro,
+      non_private=non_private, rescale_to_unit_norm=rescale)
+  return update.make_private_update(loss_fn=_loss_fn,
+                                    optimizer=optax.sgd(LR), config=config,
+                                    views_fn=views_fn)
+
+
+@pytest.fixture(scope="module")
+def noiseless():
+  """A non-private update (views, 2 micro-batches) and its jitted functions."""
+  private = _make(0.0, non_private=True, micro=4, views_fn=_views_fn)
+  return private, jax.jit(private.update)
+
+
+def test_noiseless_update_is_sgd_on_the_clipped_mean(data, noiseless):
+  params, batch, mask = data
+  private, update_fn = noiseless
+  state = private.init(params, key=jax.random.key(1))
+  key = jax.random.key(2)
+  new_state, metrics = update_fn(state, batch, mask, key=key)
+  # Micro-batch i is augmented with fold_in(key, i).
+  views = [_views_fn(jax.random.fold_in(key, i),
+                     jax.tree.map(lambda x, s=4 * i: x[s:s + 4], batch))
+           for i in range(2)]
+  views = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), *views)
+  expected_sum, num_clipped = _naive_clipped_sum(params, views, mask, CLIP)
+  for new, old, g in zip(jax.tree.leaves(new_state.params),
+                         jax.tree.leaves(params),
+                         jax.tree.leaves(expected_sum), strict=True):
+    np.testing.assert_allclose(new, old - LR * g / EXPECTED, rtol=1e-5,
+                               atol=1e-7)
+  assert 0 < num_clipped < 6
+  assert int(metrics["num_examples"]) == 6
+  assert float(metrics["fraction_clipped"]) == pytest.approx(num_clipped / 6)
+  assert float(metrics["noise_std"]) == 0.0
+  assert int(new_state.update_step) == 1
+  assert int(new_state.privatizer_state.update_step) == 1
+
+
+def test_update_equals_the_runner_loop_of_clipped_grads_and_apply(
+    data, noiseless):
+  params, batch, mask = data
+  private, update_fn = noiseless
+  state = private.init(params, key=jax.random.key(5))
+  key = jax.random.key(6)
+  whole, whole_metrics = update_fn(state, batch, mask, key=key)
+  clipped_grads = jax.jit(private.clipped_grads)
+  total = None
+  for i in range(2):
+    part = clipped_grads(state.params,
+                         jax.tree.map(lambda x, s=4 * i: x[s:s + 4], batch),
+                         mask[4 * i:4 * i + 4], key=jax.random.fold_in(key, i))
+    total = part if total is None else total.merge(part)
+  assert total.aux["loss"].shape == (BATCH,)
+  looped, metrics = jax.jit(private.apply)(state, total.totals())
+  for a, b in zip(jax.tree.leaves((whole.params, whole.opt_state)),
+                  jax.tree.leaves((looped.params, looped.opt_state)),
+                  strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  for name in ("num_examples", "fraction_clipped", "mean_grad_norm"):
+    assert float(metrics[name]) == pytest.approx(float(whole_metrics[name]))
+
+
+def test_noise_has_the_calibrated_scale_and_depends_only_on_the_key(data):
+  params, batch, mask = data
+  sigma = 2.0
+  # Many coordinates, so that the noise can be tested statistically.
+  wide = dict(params, extra={"w": jnp.zeros(20_000)})
+  loss = lambda p, v: (_loss_fn(p, v)[0] + 0.0 * jnp.sum(p["extra"]["w"]),
+                       ())
+  config = update.DpSgdConfig(l2_clip_norm=CLIP, noise_multiplier=sigma,
+                              expected_batch_size=EXPECTED)
+  private = update.make_private_update(loss_fn=loss, optimizer=optax.sgd(LR),
+                                       config=config)
+  run = jax.jit(private.update)
+
+  def new_params(noise_key):
+    state = private.init(wide, key=jax.random.key(noise_key))
+    new_state, metrics = run(state, batch, mask, key=jax.random.key(0))
+    assert float(metrics["noise_std"]) == pytest.approx(sigma * CLIP)
+    return np.concatenate([np.ravel(x)
+                           for x in jax.tree.leaves(new_state.params)])
+
+  runs = {k: new_params(k) for k in (3, 4, 5, 6)}
+  np.testing.assert_array_equal(runs[3], new_params(3))  # Same key.
+  # Same data, so differences of two runs are differences of two noises:
+  # (n_a - n_b) * EXPECTED / LR ~ N(0, 2 (sigma C)^2) if keys are independent.
+  diff = lambda a, b: (runs[a] - runs[b]) * EXPECTED / LR
+  std = np.sqrt(2) * sigma * CLIP
+  assert stats.kstest(diff(3, 4), stats.norm(scale=std).cdf).pvalue > 1e-3
+  # The same test rejects the scale a division by a realised batch of 5
+  # (instead of the expected 6) would give.
+  wrong = std * EXPECTED / 5
+  assert stats.kstest(diff(3, 4), stats.norm(scale=wrong).cdf).pvalue < 1e-6
+  n = len(runs[3])
+  assert abs(np.corrcoef(diff(3, 4), diff(5, 6))[0, 1]) < 4 / np.sqrt(n)
+
+
+def test_rescale_to_unit_norm_uses_sensitivity_one(data):
+  params, batch, mask = data
+  private = _make(1.0, rescale=True)
+  state = private.init(params, key=jax.random.key(0))
+  clipped = jax.jit(private.clipped_grads)(params, batch, mask,
+                                           key=jax.random.key(0))
+  assert clipped.sensitivity == 1.0
+  _, metrics = private.apply(state, clipped.totals())
+  assert float(metrics["noise_std"]) == 1.0
+  other = _make(1.0)
+  with pytest.raises(ValueError, match="sensitivity"):
+    other.apply(other.init(params, key=jax.random.key(0)), clipped)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(l2_clip_norm=0.0), "l2_clip_norm"),
+    (dict(l2_clip_norm=-1.0), "l2_clip_norm"),
+    (dict(noise_multiplier=0.0), "non_private=True"),
+    (dict(noise_multiplier=1.0, non_private=True), "set it to 0"),
+    (dict(expected_batch_size=0), "expected_batch_size"),
+    (dict(micro_batch_size=0), "micro_batch_size"),
+    (dict(ema_decays=(1.0,)), "EMA decay"),
+])
+def test_bad_configs_are_rejected(kwargs, match):
+  args = dict(l2_clip_norm=1.0, noise_multiplier=1.0, expected_batch_size=8)
+  args.update(kwargs)
+  with pytest.raises(ValueError, match=match):
+    update.DpSgdConfig(**args)
+
+
+def test_micro_batch_must_divide_the_padded_batch(data):
+  params, batch, mask = data
+  private = _make(1.0, micro=3)
+  state = private.init(params, key=jax.random.key(0))
+  with pytest.raises(ValueError, match="pad_multiple"):
+    private.update(state, batch, mask, key=jax.random.key(0))
