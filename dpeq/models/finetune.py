@@ -52,8 +52,8 @@ def replace_classifier(*, restored: Params, fresh: Params) -> Params:
     ValueError: if the non-classifier parts differ in modules or shapes (the
       checkpoint belongs to another architecture or configuration).
   """
-  body_restored, _ = _partition(restored, lambda module: is_classifier(module))
-  body_fresh, head_fresh = _partition(fresh, lambda module: is_classifier(module))
+  _, body_restored = _partition(restored, is_classifier)
+  head_fresh, body_fresh = _partition(fresh, is_classifier)
   if not head_fresh:
     raise ValueError(
         f"No module named {CLASSIFIER_NAME!r} in the fresh parameters; only "
@@ -118,6 +118,7 @@ def _shapes(params: Params) -> dict[tuple[str, str], tuple[int, ...]]:
 
 
 def _partition(params: Params, module_predicate) -> tuple[Params, Params]:
+  """(leaves whose module satisfies the predicate, all other leaves)."""
   return hk.data_structures.partition(
       lambda module, name, value: module_predicate(module), params
   )

@@ -39,6 +39,7 @@ class WideResNet(hk.Module):
     self.widths = (16 * width, 32 * width, 64 * width)
     self.num_groups = num_groups
 
+  @hk.transparent
   def _norm(self, name: str) -> hk.GroupNorm:
     return hk.GroupNorm(self.num_groups, name=name)
 

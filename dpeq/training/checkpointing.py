@@ -136,8 +136,17 @@ class Checkpointer:
             record=ocp.args.JsonRestore()))
     return _data_to_keys(restored["state"], like), dict(restored["record"])
 
+  def read_record(self, step: int) -> dict:
+    """The JSON record of checkpoint `step` alone (no arrays are read)."""
+    return _read_record(self.directory / str(step))
+
   def close(self) -> None:
     self._manager.close()
+
+
+def _read_record(step_dir: pathlib.Path) -> dict:
+  return dict(ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
+      step_dir / "record"))
 
 
 def metrics_length(path: str | os.PathLike) -> int:
@@ -196,6 +205,4 @@ def read_checkpoint(workdir: str | os.PathLike, *, step: int | None = None
       lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
   state = jax.tree.map(np.asarray, checkpointer.restore(path / "state",
                                                         abstract))
-  record = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
-      path / "record")
-  return state, dict(record)
+  return state, _read_record(path)

@@ -158,8 +158,10 @@ class _Run:
     self.sampler = config_lib.make_sampler(
         cfg, num_examples=len(self.train_set),
         pad_multiple=self.rows_per_micro_step)
-    info = self.train_set.info
 
+  def build(self) -> None:
+    """Model, private update, jitted steps and the initial TrainState."""
+    cfg, info = self.config, self.train_set.info
     try:
       self.model = models_lib.create(cfg.model.name,
                                      num_classes=info.num_classes,
@@ -204,27 +206,31 @@ class _Run:
         micro_step, in_shardings=(rep, rows, rows, rep, rep, rep),
         out_shardings=rep)
     self.accumulate = jax.jit(_accumulate, out_shardings=rep)
-    self.apply = jax.jit(private.apply, out_shardings=rep)
     dp = self.dp_config
 
-    def privatized_gradient(privatizer_state, grad_sum):
-      # The very noisy mean that `apply` hands to the optimizer (same key and
-      # step, so the same draw): post-processing, no extra privacy cost.
+    def apply(state, clipped):
+      new_state, update_metrics = private.apply(state, clipped)
+      # The l0-eps sparsity of the very noisy mean that `apply` handed to the
+      # optimizer: the same privatizer, key and step give the same draw (XLA
+      # computes it once). Post-processing: no extra privacy cost.
       privatizer = noise.gaussian_privatizer(
           noise_multiplier=dp.noise_multiplier, sensitivity=dp.sensitivity,
           expected_batch_size=dp.expected_batch_size,
-          key=privatizer_state.key)
-      noisy, _ = privatizer.update(grad_sum, privatizer_state)
-      return metrics.l0_sparsity(noisy, eps=SPARSITY_EPS)
+          key=state.privatizer_state.key)
+      noisy, _ = privatizer.update(clipped.grad_sum, state.privatizer_state)
+      update_metrics = dict(update_metrics)
+      update_metrics["grad_sparsity"] = metrics.l0_sparsity(
+          noisy, eps=SPARSITY_EPS)
+      return new_state, update_metrics
 
-    self.grad_sparsity = jax.jit(privatized_gradient, out_shardings=rep)
+    self.apply = jax.jit(apply, out_shardings=rep)
     self.param_sparsity = jax.jit(
         lambda p: metrics.l0_sparsity(p, eps=SPARSITY_EPS), out_shardings=rep)
 
   # --------------------------------------------------------------------------
 
   def run_update(self, step: int):
-    """One logical batch; returns (state before, clipped totals, stats)."""
+    """One logical batch; returns (clipped totals and stats, metrics)."""
     selection = self.sampler.batch(step)
     size = self.rows_per_micro_step
     total = None
@@ -238,9 +244,8 @@ class _Run:
       result = self.micro_step(self.state.params, batch, mask, self.data_key,
                                scalars, np.int32(micro))
       total = result if total is None else self.accumulate(total, result)
-    before = self.state
     self.state, update_metrics = self.apply(self.state, total[0])
-    return before, total, update_metrics
+    return total, update_metrics
 
   def training_record(self, step, ledger, total, update_metrics):
     clipped, stats = distributed.to_host(total)
@@ -271,6 +276,7 @@ class _Run:
         "clipped_grad_norm": float(m["clipped_grad_norm"]),
         "noisy_grad_norm": float(m["noisy_grad_norm"]),
         "update_norm": float(m["update_norm"]),
+        **_sparsity_record("grad", m["grad_sparsity"]),
     }
 
   def evaluation_records(self, step, epsilon):
@@ -338,8 +344,10 @@ def train(config: config_dict.ConfigDict, *, workdir: str | os.PathLike
 
   start = checkpointer.latest_step()
   if start is not None:
+    _check_resumable(checkpointer.read_record(start)["config"], cfg)
+  run.build()
+  if start is not None:
     run.state, record = checkpointer.restore(start, like=run.state)
-    _check_resumable(record["config"], cfg)
     run.data_key = jax.random.wrap_key_data(
         np.asarray(record["data_key"], np.uint32),
         impl=jax.random.key_impl(run.data_key))
@@ -399,17 +407,13 @@ def train(config: config_dict.ConfigDict, *, workdir: str | os.PathLike
 
   try:
     for step in range(start, T):
-      before, total, update_metrics = run.run_update(step)
+      total, update_metrics = run.run_update(step)
       ledger.record(1)
       done = step + 1
       eval_due = done == T or (cfg.eval.every_updates
                                and done % cfg.eval.every_updates == 0)
       if done % cfg.logging.every_updates == 0 or done == T or eval_due:
         record = run.training_record(done, ledger, total, update_metrics)
-        if eval_due:
-          record.update(_sparsity_record("grad", distributed.to_host(
-              run.grad_sparsity(before.privatizer_state,
-                                total[0].grad_sum))))
         write(record)
         bar.update(done, epsilon=record["epsilon"],
                    accuracy=record["train_accuracy"])

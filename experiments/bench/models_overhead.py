@@ -22,9 +22,11 @@ executable (arguments + outputs + temporaries) and the process' peak RSS.
 """
 
 import argparse
+import contextlib
 import dataclasses
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import haiku as hk
@@ -32,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax import lax
 
 from dpeq import models
 from dpeq.data import augment
@@ -82,6 +85,82 @@ CASES = {
 # A bounded default for a shared 2-core CPU (make bench); --full: all CASES.
 DEFAULT_CASES = ("cnn_tramer/fmnist", "eq_cnn/fmnist", "resnet9_small/fmnist",
                  "resnet9/cifar", "eq_resnet9_d4/cifar", "wrn16_4/cifar")
+
+
+# ----------------------------------------------------------------------------
+# An alternative per-example gradient formulation (measured, not the default).
+
+_XLA_CONV = lax.conv_general_dilated
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_patch_grad(x, w, strides, pads):
+  return _XLA_CONV(x, w, strides, pads, dimension_numbers=_NHWC)
+
+
+def _conv_patch_grad_fwd(x, w, strides, pads):
+  return _conv_patch_grad(x, w, strides, pads), (x, w)
+
+
+def _conv_patch_grad_bwd(strides, pads, residuals, g):
+  x, w = residuals
+  _, input_vjp = jax.vjp(
+      lambda x_: _XLA_CONV(x_, w, strides, pads, dimension_numbers=_NHWC), x)
+  (dx,) = input_vjp(g)
+  kh, kw, cin, cout = w.shape
+  # [N, H', W', cin * kh * kw], features ordered (cin, kh, kw).
+  patches = lax.conv_general_dilated_patches(
+      x, (kh, kw), strides, pads, dimension_numbers=_NHWC)
+  dw = jnp.einsum("nhwp,nhwo->po", patches, g)
+  return dx, dw.reshape(cin, kh, kw, cout).transpose(1, 2, 0, 3)
+
+
+_conv_patch_grad.defvjp(_conv_patch_grad_fwd, _conv_patch_grad_bwd)
+
+
+def _patched_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                  rhs_dilation=None, dimension_numbers=None,
+                  feature_group_count=1, batch_group_count=1, precision=None,
+                  preferred_element_type=None):
+  """lax.conv_general_dilated whose kernel gradient is a patch matmul.
+
+  Under vmap (per-example gradients) XLA's kernel gradient is a convolution
+  grouped over the examples; here it is im2col patches contracted with the
+  output gradient, a batched matmul. Only plain 2D NHWC/HWIO convolutions are
+  rewritten; anything else goes to XLA unchanged.
+  """
+  plain = (lhs.ndim == 4 and feature_group_count == 1
+           and batch_group_count == 1
+           and all(d == 1 for d in (lhs_dilation or (1, 1)))
+           and all(d == 1 for d in (rhs_dilation or (1, 1)))
+           and preferred_element_type is None
+           and lax.conv_dimension_numbers(lhs.shape, rhs.shape,
+                                          dimension_numbers)
+           == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
+  if not plain:
+    return _XLA_CONV(lhs, rhs, window_strides, padding, lhs_dilation,
+                     rhs_dilation, dimension_numbers, feature_group_count,
+                     batch_group_count, precision, preferred_element_type)
+  strides = tuple(int(s) for s in window_strides)
+  if isinstance(padding, str):
+    pads = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+  else:
+    pads = padding
+  pads = tuple((int(lo), int(hi)) for lo, hi in pads)
+  return _conv_patch_grad(lhs, rhs, strides, pads)
+
+
+@contextlib.contextmanager
+def patch_conv_gradients() -> Iterator[None]:
+  """While active (i.e. while tracing), convolutions use `_patched_conv`."""
+  lax.conv_general_dilated = _patched_conv
+  jax.lax.conv_general_dilated = _patched_conv
+  try:
+    yield
+  finally:
+    lax.conv_general_dilated = _XLA_CONV
+    jax.lax.conv_general_dilated = _XLA_CONV
 
 
 def make_loss_fn(apply_fn):
@@ -155,18 +234,26 @@ def make_steps(case: Case, *, batch_size: int, num_views: int,
 
 
 def bench_case(name: str, *, batch_size: int, num_views: int, rounds: int,
-               calls_per_round: int = 1,
-               micro_batch_size: int | None = None) -> dict[str, Any]:
-  """Times one case at one K; returns a results row (seconds, MiB)."""
+               calls_per_round: int = 1, micro_batch_size: int | None = None,
+               conv_grad: str = "xla") -> dict[str, Any]:
+  """Times one case at one K; returns a results row (seconds, MiB).
+
+  conv_grad: "xla" (jax's own convolution gradients) or "patches"
+  (`patch_conv_gradients`, for both steps).
+  """
+  if conv_grad not in ("xla", "patches"):
+    raise ValueError(f"conv_grad={conv_grad!r}: use 'xla' or 'patches'.")
   case = CASES[name]
   rss_before = common.peak_rss_mib()
   (private_step, private_args, non_private_step, non_private_args,
    num_params) = make_steps(case, batch_size=batch_size, num_views=num_views,
                             micro_batch_size=micro_batch_size)
-  private_c, private_compile = common.compile_timed(private_step,
-                                                    *private_args)
-  plain_c, plain_compile = common.compile_timed(non_private_step,
-                                                *non_private_args)
+  with (patch_conv_gradients() if conv_grad == "patches"
+        else contextlib.nullcontext()):
+    private_c, private_compile = common.compile_timed(private_step,
+                                                      *private_args)
+    plain_c, plain_compile = common.compile_timed(non_private_step,
+                                                  *non_private_args)
   times = common.interleaved_seconds(
       {"private": lambda: private_c(*private_args),
        "non_private": lambda: plain_c(*non_private_args)},
@@ -182,6 +269,7 @@ def bench_case(name: str, *, batch_size: int, num_views: int, rounds: int,
       "batch_size": batch_size,
       "num_views": num_views,
       "micro_batch_size": micro_batch_size,
+      "conv_grad": conv_grad,
       "rounds": rounds,
       "private_s": private_s,
       "non_private_s": plain_s,
@@ -200,7 +288,8 @@ def bench_case(name: str, *, batch_size: int, num_views: int, rounds: int,
 
 
 TABLE_COLUMNS = (
-    ("case", "case"), ("num_params", "params"), ("batch_size", "B"),
+    ("case", "case"), ("conv_grad", "conv grad"), ("num_params", "params"),
+    ("batch_size", "B"),
     ("num_views", "K"), ("private_s", "private s"),
     ("non_private_s", "non-private s"), ("ratio", "ratio"),
     ("private_examples_per_s", "ex/s"), ("private_images_per_s", "img/s"),
@@ -214,7 +303,8 @@ TABLE_COLUMNS = (
 
 def run(cases: Sequence[str], *, batch_size: int, views: Sequence[int],
         rounds: int, calls_per_round: int = 1,
-        micro_batch_size: int | None = None, log=print) -> list[dict]:
+        micro_batch_size: int | None = None, conv_grad: str = "xla",
+        log=print) -> list[dict]:
   """Benchmarks every (case, K); skips a case whose model is not built."""
   unknown = [c for c in cases if c not in CASES]
   if unknown:
@@ -226,14 +316,15 @@ def run(cases: Sequence[str], *, batch_size: int, views: Sequence[int],
       try:
         row = bench_case(name, batch_size=batch_size, num_views=num_views,
                          rounds=rounds, calls_per_round=calls_per_round,
-                         micro_batch_size=micro_batch_size)
+                         micro_batch_size=micro_batch_size,
+                         conv_grad=conv_grad)
       except (ImportError, ModuleNotFoundError) as e:
         log(f"{name}: skipped ({e})")
         rows.append({"case": name, "num_views": num_views,
                      "skipped": f"{type(e).__name__}: {e}"})
         break
       rows.append(row)
-      log(f"{name} K={num_views}: private {row['private_s'] * 1e3:.1f} ms, "
+      log(f"{name} K={num_views} {conv_grad}: private {row['private_s'] * 1e3:.1f} ms, "
           f"non-private {row['non_private_s'] * 1e3:.1f} ms, ratio "
           f"{row['ratio']:.2f} ({time.perf_counter() - start:.0f} s)")
   return rows
@@ -247,11 +338,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
   parser.add_argument("--views", default="1,4")
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--micro_batch_size", type=int, default=None)
+  parser.add_argument("--conv_grad", default="xla", choices=("xla", "patches"))
   parser.add_argument("--json", default=None)
   args = parser.parse_args(argv)
   rows = run(args.cases.split(","), batch_size=args.batch_size,
              views=[int(v) for v in args.views.split(",")],
-             rounds=args.rounds, micro_batch_size=args.micro_batch_size)
+             rounds=args.rounds, micro_batch_size=args.micro_batch_size,
+             conv_grad=args.conv_grad)
   print(common.markdown_table([r for r in rows if "skipped" not in r],
                               TABLE_COLUMNS))
   if args.json:

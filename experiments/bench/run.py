@@ -52,7 +52,7 @@ VARIANTS = {
     "eigen_single_thread": ("--xla_cpu_multi_thread_eigen=false", None),
     "fast_math": ("--xla_cpu_enable_fast_math=true", None),
 }
-VARIANT_CASE = "cnn_tramer/fmnist"
+VARIANT_CASE = "eq_cnn/fmnist"
 
 
 def _run_subprocess(args: Sequence[str], *, env_flags: str = "",
@@ -174,6 +174,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--batch_size", type=int, default=None)
   parser.add_argument("--views", default=None)
   parser.add_argument("--rounds", type=int, default=None)
+  parser.add_argument("--conv_grads", default="xla,patches",
+                      help="kernel-gradient formulations to time (see "
+                      "models_overhead.patch_conv_gradients)")
   parser.add_argument("--no_components", action="store_true")
   parser.add_argument("--results_dir", default=str(RESULTS_DIR))
   args = parser.parse_args(argv)
@@ -192,10 +195,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
       "machine": common.machine_info(),
       "settings": {"batch_size": batch_size, "views": views,
-                   "rounds": rounds, "cases": cases},
+                   "rounds": rounds, "cases": cases,
+                   "conv_grads": args.conv_grads},
   }
-  payload["models"] = models_overhead.run(cases, batch_size=batch_size,
-                                          views=views, rounds=rounds)
+  payload["models"] = []
+  for conv_grad in args.conv_grads.split(","):
+    payload["models"] += models_overhead.run(
+        cases, batch_size=batch_size, views=views, rounds=rounds,
+        conv_grad=conv_grad)
   if args.flags:
     payload["variants"] = run_variants(batch_size=batch_size, views=views[:1],
                                        rounds=rounds)
