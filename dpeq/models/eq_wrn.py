@@ -63,9 +63,10 @@ class EqWideResNet(hk.Module):
   def _pre_activation(self, x, field_type, *, name: str):
     fn = jax.nn.relu if field_type.group.is_finite else jax.nn.elu
     x = eq_common.nonlinearity(field_type, fn, name=f"{name}_act")(x)
-    return eq_common.norm(field_type, num_groups=16, affine=True, name=f"{name}_norm")(
-        x
+    norm = eq_common.norm(
+        field_type, num_groups=16, affine=True, name=f"{name}_norm"
     )
+    return norm(x)
 
   @hk.transparent
   def _stage(self, x, in_type, *, index: int, downsample: bool):

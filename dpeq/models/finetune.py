@@ -31,7 +31,7 @@ Params = Mapping[str, Mapping[str, jax.Array]]
 
 
 def is_classifier(module_name: str) -> bool:
-  """Whether a Haiku module path (e.g. "wide_res_net/~/classifier") is a head."""
+  """Whether a Haiku module path (e.g. "wide_res_net/classifier") is a head."""
   return module_name.split("/")[-1] == CLASSIFIER_NAME
 
 

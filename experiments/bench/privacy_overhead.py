@@ -22,6 +22,10 @@ images/s (L * K / time), compile time of the per-micro-batch functions, XLA's
 memory plan of each (arguments + outputs + temporaries) and the process'
 peak RSS after the case (monotone over the run).
 
+On XLA:CPU, clipped_grad_sum computes conv weight gradients per kernel tap
+(dpeq.privacy.conv_weight_grads); the second table compares that with plain
+vmap(grad) and a Python loop over examples.
+
 Models: "small_cnn" (3 conv layers, ~25k params) and "wrn16_4" (a WRN-16-4
 with De et al.'s layout: pre-activation ReLU -> GroupNorm(16) -> conv, ~2.7M
 params), both defined here; "dpeq:NAME" plugs in dpeq.models.create(NAME).
@@ -41,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dpeq.privacy import clipping
+from dpeq.privacy import clipping, conv_weight_grads
 from dpeq.training import update as update_lib
 from experiments.bench import common
 
@@ -201,10 +205,13 @@ def run_case(case: Case, *, rounds: int) -> dict[str, Any]:
 def per_example_grad_alternatives(model: str, *, batch_size: int,
                                   image_size: int, rounds: int
                                   ) -> list[dict[str, Any]]:
-  """Per-example gradients by vmap(grad) vs a loop, against one batch grad.
+  """Per-example gradient formulations against one batch gradient.
 
-  The three compute the same FLOPs of the backward pass; the differences are
-  what XLA makes of them on this backend.
+  vmap(grad) as JAX makes it (conv weight gradients become grouped convs),
+  with per-tap dot-product weight gradients (dpeq.privacy.conv_weight_grads),
+  dpeq's clipped_grad_sum (per-example grads + clipping + sum), and a Python
+  loop over examples. All compute the same backward-pass FLOPs; the
+  differences are what XLA makes of them on this backend.
   """
   init, apply = build_model(model)
   rng = np.random.default_rng(0)
@@ -217,11 +224,15 @@ def per_example_grad_alternatives(model: str, *, batch_size: int,
     logits = apply(p, x)
     return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, y))
 
+  taps = conv_weight_grads.with_tap_weight_grads(loss)
   one = lambda p, x, y: jax.grad(loss)(p, x[None], y[None])
+  one_taps = lambda p, x, y: jax.grad(taps)(p, x[None], y[None])
   fns = {
       "batch_grad": jax.jit(jax.grad(loss)),
       "vmap_grad": jax.jit(jax.vmap(one, in_axes=(None, 0, 0))),
-      "vmap_grad_clip": jax.jit(lambda p, x, y: clipping.clipped_grad_sum(
+      "vmap_grad_tap_weight_grads": jax.jit(
+          jax.vmap(one_taps, in_axes=(None, 0, 0))),
+      "clipped_grad_sum": jax.jit(lambda p, x, y: clipping.clipped_grad_sum(
           lambda p, v: (loss(p, v["x"], v["y"])[None], ()), p,
           {"x": x[:, None], "y": y[:, None]}, jnp.ones(len(y), bool),
           l2_clip_norm=1.0).grad_sum),

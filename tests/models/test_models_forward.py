@@ -13,7 +13,7 @@ BATCH = 2
 # Tiny configurations: every registered model must appear here.
 CASES = {
     "cnn_tramer": ({}, (28, 28, 1)),
-    "eq_cnn": ({"group": "C4"}, (28, 28, 1)),
+    "eq_cnn": ({"group": "SO2"}, (28, 28, 1)),
     "eq_resnet9": ({"group": "D4", "layout": (8, 16, 16)}, (16, 16, 3)),
     "eq_wrn": ({"group": "C4", "depth": 10, "width": 1}, (8, 8, 3)),
     "nf_resnet50": ({}, (16, 16, 3)),

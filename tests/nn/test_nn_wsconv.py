@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dpeq.nn.testing import random_params
 from dpeq.nn.wsconv import WSConv2D, scaled_standardize
 
 
@@ -55,8 +56,8 @@ def test_scaled_standardize_matches_naive_and_normalizes():
 def test_constant_kernel_is_floored_not_nan():
   w = jnp.full((1, 1, 2, 3), 0.7)
   gain = jnp.ones(3)
-  out, grad = jax.value_and_grad(
-      lambda w: jnp.sum(scaled_standardize(w, gain=gain) ** 2))(w)
+  out, grad = jax.jit(jax.value_and_grad(
+      lambda w: jnp.sum(scaled_standardize(w, gain=gain) ** 2)))(w)
   assert out == 0.0
   assert np.all(np.isfinite(np.asarray(grad)))
 
@@ -68,13 +69,20 @@ def conv_model():
   return hk.Transformed(init=model.init, apply=jax.jit(model.apply))
 
 
+def test_wsconv_initial_parameters(conv_model):
+  x = jnp.zeros((1, 7, 6, 4))
+  params = jax.jit(conv_model.init)(jax.random.key(0), x)["conv"]
+  assert set(params) == {"w", "gain", "bias"}
+  assert params["w"].shape == (3, 3, 4, 5)
+  np.testing.assert_array_equal(np.asarray(params["gain"]), np.ones(5))
+  np.testing.assert_array_equal(np.asarray(params["bias"]), np.zeros(5))
+  assert np.std(np.asarray(params["w"])) > 0
+
+
 def test_wsconv_matches_naive_convolution(conv_model):
   rng = np.random.default_rng(1)
   x = rng.normal(size=(2, 7, 6, 4)).astype(np.float32)
-  params = conv_model.init(jax.random.key(0), x)
-  assert set(params["conv"]) == {"w", "gain", "bias"}
-  params = jax.tree.map(
-      lambda p: p + jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+  params = random_params(conv_model.init, x, seed=1, scale=1.0)
   p = params["conv"]
   kernel = _naive_standardize(p["w"], np.asarray(p["gain"]), 1e-4)
   expected = _naive_conv_same(x.astype(np.float64), kernel, 2) + np.asarray(
@@ -85,8 +93,8 @@ def test_wsconv_matches_naive_convolution(conv_model):
 
 
 def test_wsconv_is_invariant_to_affine_rescaling_of_raw_weights(conv_model):
-  x = jax.random.normal(jax.random.key(2), (1, 5, 5, 3))
-  params = conv_model.init(jax.random.key(3), x)
+  x = np.random.default_rng(2).normal(size=(1, 5, 5, 3)).astype(np.float32)
+  params = random_params(conv_model.init, x, seed=3)
   rescaled = hk.data_structures.to_mutable_dict(params)
   rescaled["conv"]["w"] = 4.0 * params["conv"]["w"] - 0.3
   np.testing.assert_allclose(
@@ -97,12 +105,12 @@ def test_wsconv_is_invariant_to_affine_rescaling_of_raw_weights(conv_model):
 def test_wsconv_without_bias_and_bad_arguments():
   model = hk.without_apply_rng(hk.transform(
       lambda x: WSConv2D(2, (1, 3), with_bias=False, name="c")(x)))
-  params = model.init(jax.random.key(0), jnp.zeros((1, 4, 4, 3)))
+  params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4, 4, 3)))
   assert set(params["c"]) == {"w", "gain"}
   assert params["c"]["w"].shape == (1, 3, 3, 2)
   with pytest.raises(ValueError, match="rank 4"):
-    model.init(jax.random.key(0), jnp.zeros((4, 4, 3)))
+    jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((4, 4, 3)))
   for kwargs in ({"padding": "same"}, {"kernel_shape": 0}, {"stride": (1, 2, 3)}):
     bad = hk.transform(lambda x, kw=kwargs: WSConv2D(2, **kw)(x))
     with pytest.raises(ValueError):
-      bad.init(jax.random.key(0), jnp.zeros((1, 4, 4, 3)))
+      jax.eval_shape(bad.init, jax.random.key(0), jnp.zeros((1, 4, 4, 3)))

@@ -21,9 +21,17 @@ def cli_command(workdir, config_arg: str = "", *overrides: str) -> list[str]:
           f"--workdir={workdir}", *overrides]
 
 
-def cli_env(*, num_devices: int = 1) -> dict[str, str]:
-  """Environment of a CLI subprocess: CPU only, `num_devices` CPU devices."""
+def cli_env(*, num_devices: int = 1, compile_cache=None) -> dict[str, str]:
+  """Environment of a CLI subprocess: CPU only, `num_devices` CPU devices.
+
+  With `compile_cache` (a folder), runs of the same program share compiled
+  XLA executables (JAX's persistent compilation cache).
+  """
   env = dict(os.environ)
+  if compile_cache is not None:
+    env["JAX_COMPILATION_CACHE_DIR"] = str(compile_cache)
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
   env["JAX_PLATFORMS"] = "cpu"
   env["TF_CPP_MIN_LOG_LEVEL"] = "2"
   flags = [f for f in env.get("XLA_FLAGS", "").split()
@@ -37,13 +45,14 @@ def cli_env(*, num_devices: int = 1) -> dict[str, str]:
 
 
 def start_cli(workdir, config_arg: str = "", *overrides: str,
-              num_devices: int = 1, log_path=None) -> subprocess.Popen:
+              num_devices: int = 1, compile_cache=None,
+              log_path=None) -> subprocess.Popen:
   """Starts the CLI in the repository root; output goes to `log_path`."""
   with open(log_path or os.devnull, "w") as log:  # the child keeps its copy
     return subprocess.Popen(
         cli_command(workdir, config_arg, *overrides), cwd=paths.REPO_ROOT,
-        env=cli_env(num_devices=num_devices), stdout=log,
-        stderr=subprocess.STDOUT)
+        env=cli_env(num_devices=num_devices, compile_cache=compile_cache),
+        stdout=log, stderr=subprocess.STDOUT)
 
 
 def wait_ok(process: subprocess.Popen, log_path, timeout: float = 300) -> None:

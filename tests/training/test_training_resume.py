@@ -1,0 +1,100 @@
+"""SIGKILL a CLI run at a random update, resume it, compare bit for bit."""
+
+import json
+import os
+import random
+import signal
+import time
+
+import helpers_runner
+import numpy as np
+
+from dpeq.training import checkpointing
+
+NUM_UPDATES = 8
+POLL_SECONDS = 0.02
+
+
+def _training_steps(workdir) -> list[int]:
+  path = workdir / "metrics.jsonl"
+  if not path.exists():
+    return []
+  steps = []
+  for line in path.read_text().splitlines():
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:  # a line being written
+      continue
+    if "params" not in record:
+      steps.append(record["step"])
+  return steps
+
+
+def _kill_at_step(process, workdir, step: int, timeout: float = 300) -> None:
+  """SIGKILLs `process` once metrics.jsonl shows training step >= `step`."""
+  deadline = time.monotonic() + timeout
+  while process.poll() is None and time.monotonic() < deadline:
+    if any(s >= step for s in _training_steps(workdir)):
+      os.kill(process.pid, signal.SIGKILL)
+      break
+    time.sleep(POLL_SECONDS)
+  process.wait(timeout=60)
+
+
+def test_sigkill_then_resume_gives_identical_params_metrics_and_epsilon(
+    fashion_mnist_dir, tmp_path):
+  del fashion_mnist_dir  # the config reads ../shared/data/fashion_mnist
+  cache = f"--config.data.cache_dir={tmp_path / 'data_cache'}"
+  compile_cache = tmp_path / "xla_cache"
+  arg = f"updates={NUM_UPDATES}"
+  logs = {name: tmp_path / f"{name}.log"
+          for name in ("reference", "killed", "resumed")}
+
+  # Uninterrupted reference (it also fills the compilation cache).
+  reference = tmp_path / "reference"
+  helpers_runner.wait_ok(
+      helpers_runner.start_cli(reference, arg, cache,
+                               compile_cache=compile_cache,
+                               log_path=logs["reference"]),
+      logs["reference"])
+
+  # The same run, killed at a random update (checkpoints every 2 updates,
+  # so the kill may land between checkpoints, or during one).
+  kill_step = random.Random().randint(1, NUM_UPDATES - 1)
+  interrupted = tmp_path / "interrupted"
+  process = helpers_runner.start_cli(interrupted, arg, cache,
+                                     compile_cache=compile_cache,
+                                     log_path=logs["killed"])
+  _kill_at_step(process, interrupted, kill_step)
+  assert process.returncode == -signal.SIGKILL, (
+      f"kill at step {kill_step}: the run ended with {process.returncode}\n"
+      + logs["killed"].read_text()[-3000:])
+  assert not (interrupted / "report.md").exists()
+
+  # Restarting the same command resumes from the latest checkpoint.
+  helpers_runner.wait_ok(
+      helpers_runner.start_cli(interrupted, arg, cache,
+                               compile_cache=compile_cache,
+                               log_path=logs["resumed"]),
+      logs["resumed"])
+
+  context = f"(killed at training step >= {kill_step})"
+  expected_state, expected_record = checkpointing.read_checkpoint(reference)
+  state, record = checkpointing.read_checkpoint(interrupted)
+  expected_leaves = helpers_runner.flat(expected_state)
+  leaves = helpers_runner.flat(state)
+  assert leaves.keys() == expected_leaves.keys()
+  for name, value in expected_leaves.items():  # params, optimizer, averages,
+    assert np.array_equal(leaves[name], value), (name, context)  # keys, step
+  assert record == expected_record, context
+  # metrics.jsonl: every record exactly once, identical values.
+  assert (helpers_runner.records(interrupted)
+          == helpers_runner.records(reference)), context
+  for name in ("privacy.json", "config.json"):
+    assert (json.loads((interrupted / name).read_text())
+            == json.loads((reference / name).read_text())), (name, context)
+  # keep=2: only the newest checkpoints remain.
+  kept = sorted(int(p.name) for p in (interrupted / "checkpoints").iterdir()
+                if p.name.isdigit())
+  assert kept == [NUM_UPDATES - 2, NUM_UPDATES], context
+  assert (interrupted / "report.md").exists()
