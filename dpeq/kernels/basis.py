@@ -435,7 +435,7 @@ def kernel_basis(
     group: a `Group` from `get_group`.
     in_rep: representation of `group` on the input channels of one field.
     out_rep: representation of `group` on the output channels of one field.
-    kernel_size: 3, 5 or 7.
+    kernel_size: 1, 3, 5 or 7 (1: the pointwise intertwiners, e.g. skips).
     cutoff: band limit, a predicate (ring radius, frequency) -> bool; None
       for the default (`LinearCutoff(3)`, j <= 3 r, for C_N/D_N; escnn's
       default `EscnnCutoff` for SO2/O2). Caching is by value for these

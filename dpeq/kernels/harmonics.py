@@ -24,7 +24,7 @@ import numpy as np
 
 from dpeq.groups import Group, GroupElement
 
-SUPPORTED_KERNEL_SIZES = (3, 5, 7)
+SUPPORTED_KERNEL_SIZES = (1, 3, 5, 7)
 
 Cutoff = Callable[[float, int], bool]
 

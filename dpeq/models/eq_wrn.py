@@ -9,8 +9,8 @@ width 1) with every layer replaced by its equivariant counterpart; widths
   3 stages of (d - 4) / 6 pre-activation units:
     nonlinearity -> norm [-> pool] -> R2Conv 3x3 -> nonlinearity -> norm
     -> R2Conv 3x3, plus the skip path (first unit of a stage: nonlinearity
-    -> norm [-> pool] -> R2Conv 3x3 (SKIP_KERNEL_SIZE; 1x1 in the
-    conventional WRN); other units: identity)
+    -> norm [-> pool] -> R2Conv 1x1 (the pointwise intertwiners, as the
+    conventional WRN's 1x1 skip); other units: identity)
   head: nonlinearity -> norm -> group pooling -> global mean -> Linear
 
 Nonlinearity: ReLU on regular fields (as De et al.), Fourier ELU on spectral
@@ -32,10 +32,8 @@ import jax.numpy as jnp
 from dpeq import nn as eqnn
 from dpeq.models import eq_common, layers
 
-# The projection on the skip path of a stage's first unit. De et al. use a
-# 1x1 convolution; dpeq.kernels builds steerable bases for 3x3, 5x5 and 7x7
-# only, so the equivariant WRN uses the smallest available size.
-SKIP_KERNEL_SIZE = 3
+# The projection on the skip path of a stage's first unit: 1x1, as De et al.
+SKIP_KERNEL_SIZE = 1
 
 
 class EqWideResNet(hk.Module):

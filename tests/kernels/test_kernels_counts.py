@@ -62,6 +62,32 @@ def test_restricted_regular_to_subgroup_regular(name, sub_name, kernel_size):
   assert num == group.order * _h(kernel_size, LinearCutoff(3.0))
 
 
+@pytest.mark.parametrize("name", ["C4", "C8", "D4", "D8", "SO2", "O2"])
+def test_pointwise_kernels_are_the_intertwiners(name):
+  """1x1 kernels: only the centre (j = 0), so the basis spans the commutant
+  Hom_G(rho_in, rho_out), whose dimension is the character inner product
+  (|G| for regular -> regular; per irrep: 1 for real-type, 2 for SO(2)'s
+  psi_k, k > 0)."""
+  group = get_group(name)
+  if group.is_finite:
+    rep = group.regular_representation()
+    expected = group.order
+  else:
+    rep = directsum(*group.irreps())
+    expected = sum(1 if (i == 0 or name == "O2") else 2
+                   for i in range(len(group.irreps())))
+  basis = kernel_basis(group=group, in_rep=rep, out_rep=rep, kernel_size=1)
+  assert basis.shape == (expected, 1, 1, rep.size, rep.size)
+  # basis[b, 0, 0] is W [in, out] with K = W^T: rho_out K = K rho_in.
+  weights = basis[:, 0, 0].astype(np.float64)
+  elements = (group.elements() if group.is_finite else
+              [group.element(0.7, f) for f in range(1 + group.has_flips)])
+  for element in elements:
+    m = rep.matrix(element)
+    np.testing.assert_allclose(np.einsum("ij,bjk->bik", m.T, weights),
+                               np.einsum("bij,jk->bik", weights, m.T), atol=1e-6)
+
+
 def _so2_ring_rule(m, n, max_frequencies):
   total = 0
   for j_max in max_frequencies:
