@@ -87,8 +87,11 @@ class Checkpointer:
       raise ValueError(f"keep={keep} must be at least 1 (config.checkpoint."
                        "keep).")
     self.directory = pathlib.Path(workdir).resolve() / CHECKPOINT_DIR
+    # Blocking saves; temporary directories of a save that was killed are
+    # removed when the next run opens the directory.
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, enable_async_checkpointing=False)
+        max_to_keep=keep, create=True, enable_async_checkpointing=False,
+        cleanup_tmp_directories=True)
     self._manager = ocp.CheckpointManager(
         self.directory, options=options, item_names=("state", "record"))
 
@@ -192,11 +195,14 @@ def read_checkpoint(workdir: str | os.PathLike, *, step: int | None = None
   """
   directory = pathlib.Path(workdir).resolve() / CHECKPOINT_DIR
   if step is None:
-    steps = Checkpointer(workdir, keep=1).all_steps() if directory.is_dir() \
-        else []
+    steps = []
+    if directory.is_dir():
+      steps = ocp.CheckpointManager(
+          directory, options=ocp.CheckpointManagerOptions(
+              read_only=True, create=False)).all_steps()
     if not steps:
       raise ValueError(f"{directory} holds no complete checkpoint.")
-    step = steps[-1]
+    step = max(steps)
   path = directory / str(step)
   checkpointer = ocp.StandardCheckpointer()
   tree = checkpointer.metadata(path / "state").item_metadata

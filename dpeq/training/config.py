@@ -48,6 +48,15 @@ class ConfigError(ValueError):
   """A config field has a value the runner cannot use; the message says why."""
 
 
+def _optional(field_type: type, default: Any) -> config_dict.FieldReference:
+  """A field that may be None and keeps its type for command-line overrides.
+
+  (A plain field set to None by a config file becomes NoneType, and
+  `--config.a.b=v` then fails for it.)
+  """
+  return config_dict.FieldReference(default, field_type=field_type)
+
+
 def base_config() -> ConfigDict:
   """Every field of the experiment schema with its default.
 
@@ -61,23 +70,23 @@ def base_config() -> ConfigDict:
     A fresh, unlocked ConfigDict.
   """
   c = ConfigDict()
-  c.seed = 0
+  c.seed = 0  # model init, noise, batches and augmentation all derive from it
 
   c.dp = ConfigDict()
-  c.dp.noise_multiplier = config_dict.placeholder(float)
-  c.dp.target_epsilon = 3.0
+  c.dp.noise_multiplier = config_dict.placeholder(float)  # None: calibrate
+  c.dp.target_epsilon = _optional(float, 3.0)  # None: accept what is spent
   c.dp.delta = 1e-5
-  c.dp.l2_clip_norm = 1.0
-  c.dp.accountant = "pld"
-  c.dp.sampling = "poisson"
-  c.dp.rescale_to_unit_norm = False
-  c.dp.non_private = False
+  c.dp.l2_clip_norm = 1.0  # C, per-example clipping norm
+  c.dp.accountant = "pld"  # "pld" | "rdp"
+  c.dp.sampling = "poisson"  # "poisson" | "shuffle" (own, weaker event)
+  c.dp.rescale_to_unit_norm = False  # De et al.: clipped grads / C
+  c.dp.non_private = False  # True: no noise, infinite epsilon (baselines)
 
   c.training = ConfigDict()
-  c.training.expected_batch_size = 256
-  c.training.micro_batch_size = 64
-  c.training.num_updates = 500
-  c.training.augmult = 1
+  c.training.expected_batch_size = 256  # B = q * n; the noise divisor
+  c.training.micro_batch_size = 64  # rows per device per micro-step
+  c.training.num_updates = _optional(int, 500)  # T updates; None: calibrate
+  c.training.augmult = 1  # K augmented views per example
   c.training.optimizer = ConfigDict()
   c.training.optimizer.name = "sgd"
   c.training.optimizer.learning_rate = 1.0
@@ -87,27 +96,29 @@ def base_config() -> ConfigDict:
   c.training.optimizer.b1 = 0.9
   c.training.optimizer.b2 = 0.999
   c.training.lr_schedule = ConfigDict()
-  c.training.lr_schedule.name = "constant"
-  c.training.lr_schedule.warmup_updates = 0
-  c.training.lr_schedule.boundaries = ()
-  c.training.lr_schedule.scales = ()
-  c.training.ema_decays = (0.999,)
-  c.training.polyak = True
+  c.training.lr_schedule.name = "constant"  # see LR_SCHEDULES
+  c.training.lr_schedule.warmup_updates = 0  # "warmup_cosine" only
+  c.training.lr_schedule.boundaries = ()  # "piecewise": update counts
+  c.training.lr_schedule.scales = ()  # "piecewise": lr factors
+  c.training.ema_decays = (0.999,)  # one parameter EMA per decay
+  c.training.polyak = True  # also keep the running mean of the iterates
 
   c.model = ConfigDict()
-  c.model.name = "cnn_tramer"
-  c.model.kwargs = ConfigDict()
+  c.model.name = "cnn_tramer"  # a name of dpeq.models.available()
+  c.model.kwargs = ConfigDict()  # the model's own options
 
   c.data = ConfigDict()
-  c.data.dataset = "fashion_mnist"
-  c.data.source = "tfds"
-  c.data.data_dir = config_dict.placeholder(str)
-  c.data.manual_dir = config_dict.placeholder(str)
-  c.data.raw_dir = config_dict.placeholder(str)
-  c.data.cache_dir = config_dict.placeholder(str)
+  c.data.dataset = "fashion_mnist"  # a name of dpeq.data.available()
+  c.data.source = "tfds"  # "tfds" | "raw" (the original files in raw_dir)
+  c.data.data_dir = config_dict.placeholder(str)  # tfds data folder
+  c.data.manual_dir = config_dict.placeholder(str)  # files to prepare from
+  c.data.raw_dir = config_dict.placeholder(str)  # None: shared/data/<name>
+  c.data.cache_dir = config_dict.placeholder(str)  # .npy cache of splits
   # The whole official training set; "train" holds out "valid" from it.
   c.data.train_split = "train_valid"
   c.data.eval_split = "test"
+  # Quick runs: only the first `subset` examples of each split (train and
+  # eval); n (hence q) is then the subset size.
   c.data.subset = config_dict.placeholder(int)
   c.data.augmentation = ConfigDict()
   c.data.augmentation.crop_padding = 0
@@ -117,21 +128,21 @@ def base_config() -> ConfigDict:
   c.data.augmentation.view0_identity = False
 
   c.eval = ConfigDict()
-  c.eval.every_updates = 100
-  c.eval.batch_size = 1000
+  c.eval.every_updates = 100  # 0: only at the end (always at the end)
+  c.eval.batch_size = 1000  # a multiple of the number of devices
   c.eval.params = ("last", "ema_0.999", "polyak")
 
   c.checkpoint = ConfigDict()
-  c.checkpoint.every_updates = 50
-  c.checkpoint.keep = 3
+  c.checkpoint.every_updates = 50  # 0: only at the end (always at the end)
+  c.checkpoint.keep = 3  # the newest N are kept
 
   c.logging = ConfigDict()
-  c.logging.every_updates = 1
+  c.logging.every_updates = 1  # a training record (with epsilon) every N
   c.logging.tensorboard = True
   c.logging.progress_bar = True
 
-  c.distributed = ConfigDict()
-  c.distributed.coordinator_address = config_dict.placeholder(str)
+  c.distributed = ConfigDict()  # multi-host: one process per host
+  c.distributed.coordinator_address = config_dict.placeholder(str)  # h:port
   c.distributed.num_processes = 1
   c.distributed.process_id = 0
   return c

@@ -51,8 +51,11 @@ ConfigError = config_lib.ConfigError
 CONFIG_FILE = "config.json"
 PRIVACY_FILE = "privacy.json"
 SPARSITY_EPS = (1e-5, 1e-4, 1e-3, 1e-2)
-# Fields that must match between a checkpoint and the run resuming it.
+# What must match between a checkpoint and the run resuming it: everything
+# that shapes the updates (not where files live, nor logging and evaluation).
 _RESUME_KEYS = ("seed", "dp", "training", "model", "data")
+_RESUME_IGNORED_DATA_KEYS = ("source", "data_dir", "manual_dir", "raw_dir",
+                             "cache_dir")
 
 
 def load_data(config: config_dict.ConfigDict):
@@ -134,22 +137,20 @@ def _privacy_summary(config, ledger, sampler) -> dict[str, Any]:
 
 
 class _Run:
-  """The state of one call to `train` (kept small; see `train`)."""
+  """Data, devices and jitted steps of one call to `train`."""
 
-  def __init__(self, config, workdir: pathlib.Path):
-    cfg = config
-    self.workdir = workdir
+  def __init__(self, config):
+    """Loads the data and resolves the config (no compilation yet)."""
     self.is_chief = jax.process_index() == 0
-    self.train_set, self.eval_set = load_data(cfg)
-    self.config = config_lib.resolve(
-        cfg, num_examples=len(self.train_set))
-    cfg = self.config
+    self.train_set, self.eval_set = load_data(config)
+    self.config = cfg = config_lib.resolve(
+        config, num_examples=len(self.train_set))
     self.num_updates = cfg.training.num_updates
-
     self.mesh = distributed.batch_mesh()
     self.num_devices = self.mesh.size
     self.replicated = distributed.replicated(self.mesh)
-    self.batch_sharding = distributed.batch_sharded(self.mesh)
+    self.batch_sharding = batching.batch_sharding(
+        self.mesh, distributed.BATCH_AXIS)
     if cfg.eval.batch_size % self.num_devices:
       raise ConfigError(
           f"config.eval.batch_size={cfg.eval.batch_size} must be a multiple "
@@ -234,7 +235,6 @@ class _Run:
     selection = self.sampler.batch(step)
     size = self.rows_per_micro_step
     total = None
-    scalars = np.int32(step)
     for micro, start in enumerate(range(0, len(selection.indices), size)):
       part = BatchSelection(indices=selection.indices[start:start + size],
                             mask=selection.mask[start:start + size])
@@ -242,7 +242,7 @@ class _Run:
       local_mask = part.mask[batching.local_rows(size, self.batch_sharding)]
       batch, mask = batching.to_devices((raw, local_mask), self.batch_sharding)
       result = self.micro_step(self.state.params, batch, mask, self.data_key,
-                               scalars, np.int32(micro))
+                               np.int32(step), np.int32(micro))
       total = result if total is None else self.accumulate(total, result)
     self.state, update_metrics = self.apply(self.state, total[0])
     return total, update_metrics
@@ -299,16 +299,73 @@ class _Run:
     return records
 
 
-def _check_resumable(saved: dict, config) -> None:
-  current = run_logging.to_python(
-      {k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k]
-       for k in _RESUME_KEYS})
-  for key in _RESUME_KEYS:
-    if saved.get(key) != current[key]:
-      raise ConfigError(
-          f"the checkpoints in this workdir belong to a run whose config.{key} "
-          "differs from this one; use a fresh --workdir (or the same config "
-          "to resume).")
+def _resume_fingerprint(config) -> dict[str, Any]:
+  """The part of a resolved config that a resumed run must share."""
+  fingerprint = {key: config[key].to_dict() if hasattr(config[key], "to_dict")
+                 else config[key] for key in _RESUME_KEYS}
+  for key in _RESUME_IGNORED_DATA_KEYS:
+    fingerprint["data"].pop(key)
+  return run_logging.to_python(fingerprint)
+
+
+def _latest_compatible_step(run: _Run, checkpointer) -> int | None:
+  """The newest checkpoint's step, after checking it belongs to this config.
+
+  Reads only its JSON record, so a mismatch is reported before compiling.
+  """
+  step = checkpointer.latest_step()
+  if step is not None:
+    saved = checkpointer.read_record(step)["config"]
+    current = _resume_fingerprint(run.config)
+    for key in _RESUME_KEYS:
+      if saved.get(key) != current[key]:
+        raise ConfigError(
+            f"the checkpoints in this workdir belong to a run whose "
+            f"config.{key} differs from this one; use a fresh --workdir (or "
+            "the same config to resume).")
+  return step
+
+
+def _restore(run: _Run, checkpointer, ledger, metrics_path,
+             step: int | None) -> int:
+  """Restores checkpoint `step` (None: a fresh start); returns the step.
+
+  Also cuts metrics.jsonl back to what that checkpoint had seen (the rule is
+  in dpeq.training.checkpointing).
+  """
+  metrics_bytes = 0
+  if step is not None:
+    run.state, record = checkpointer.restore(step, like=run.state)
+    run.data_key = jax.random.wrap_key_data(
+        np.asarray(record["data_key"], np.uint32),
+        impl=jax.random.key_impl(run.data_key))
+    ledger.record(record["ledger"]["num_updates"])
+    metrics_bytes = record["metrics_bytes"]
+  step = step or 0
+  if int(distributed.to_host(run.state.update_step)) != step:
+    raise AssertionError("checkpoint step and TrainState.update_step differ")
+  if run.is_chief:
+    checkpointing.truncate_metrics(metrics_path, length=metrics_bytes)
+  return step
+
+
+def _announce(run: _Run, workdir: pathlib.Path, start: int) -> None:
+  """Writes config.json and privacy.json; prints the config, sigma and T."""
+  cfg, T = run.config, run.num_updates
+  full_run = config_lib.make_ledger(cfg, num_examples=len(run.train_set),
+                                    num_updates=T)
+  _write_json(workdir / CONFIG_FILE, cfg.to_dict())
+  _write_json(workdir / PRIVACY_FILE,
+              _privacy_summary(cfg, full_run, run.sampler))
+  print(f"Resolved config:\n{cfg}")
+  print(f"noise_multiplier (sigma) = {cfg.dp.noise_multiplier:.6g}, "
+        f"num_updates (T) = {T}, sampling rate q = "
+        f"{run.sampler.sampling_rate:.6g}, epsilon = "
+        f"{full_run.epsilon():.6g} at delta = {cfg.dp.delta:g} "
+        f"({cfg.dp.accountant}, {cfg.dp.sampling}); {run.num_devices} "
+        f"device(s), {jax.process_count()} process(es); "
+        + (f"resuming at update {start}." if start else "starting."),
+        flush=True)
 
 
 def train(config: config_dict.ConfigDict, *, workdir: str | os.PathLike
@@ -335,48 +392,16 @@ def train(config: config_dict.ConfigDict, *, workdir: str | os.PathLike
   config_lib.validate(config)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  run = _Run(config, workdir)
+  run = _Run(config)
   cfg, T = run.config, run.num_updates
-  num_examples = len(run.train_set)
-  ledger = config_lib.make_ledger(cfg, num_examples=num_examples)
+  ledger = config_lib.make_ledger(cfg, num_examples=len(run.train_set))
   checkpointer = checkpointing.Checkpointer(workdir, keep=cfg.checkpoint.keep)
   metrics_path = workdir / run_logging.METRICS_FILE
-
-  start = checkpointer.latest_step()
-  if start is not None:
-    _check_resumable(checkpointer.read_record(start)["config"], cfg)
+  latest = _latest_compatible_step(run, checkpointer)
   run.build()
-  if start is not None:
-    run.state, record = checkpointer.restore(start, like=run.state)
-    run.data_key = jax.random.wrap_key_data(
-        np.asarray(record["data_key"], np.uint32),
-        impl=jax.random.key_impl(run.data_key))
-    ledger.record(record["ledger"]["num_updates"])
-    if run.is_chief:
-      checkpointing.truncate_metrics(metrics_path,
-                                     length=record["metrics_bytes"])
-  else:
-    start = 0
-    if run.is_chief:
-      checkpointing.truncate_metrics(metrics_path, length=0)
-  if int(distributed.to_host(run.state.update_step)) != start:
-    raise AssertionError("checkpoint step and TrainState.update_step differ")
-
+  start = _restore(run, checkpointer, ledger, metrics_path, latest)
   if run.is_chief:
-    full_ledger = config_lib.make_ledger(cfg, num_examples=num_examples,
-                                         num_updates=T)
-    _write_json(workdir / CONFIG_FILE, cfg.to_dict())
-    _write_json(workdir / PRIVACY_FILE,
-                _privacy_summary(cfg, full_ledger, run.sampler))
-    print(f"Resolved config:\n{cfg}")
-    print(f"noise_multiplier (sigma) = {cfg.dp.noise_multiplier:.6g}, "
-          f"num_updates (T) = {T}, sampling rate q = "
-          f"{run.sampler.sampling_rate:.6g}, epsilon = "
-          f"{full_ledger.epsilon():.6g} at delta = {cfg.dp.delta:g} "
-          f"({cfg.dp.accountant}, {cfg.dp.sampling}); {run.num_devices} "
-          f"device(s), {jax.process_count()} process(es); "
-          + (f"resuming at update {start}." if start else "starting."),
-          flush=True)
+    _announce(run, workdir, start)
 
   writer = (run_logging.MetricsWriter(workdir,
                                       tensorboard=cfg.logging.tensorboard)
@@ -384,12 +409,11 @@ def train(config: config_dict.ConfigDict, *, workdir: str | os.PathLike
   bar = run_logging.ProgressBar(
       total=T, initial=start,
       enabled=run.is_chief and cfg.logging.progress_bar)
-  keyed = {k: (cfg[k].to_dict() if hasattr(cfg[k], "to_dict") else cfg[k])
-           for k in _RESUME_KEYS}
+  fingerprint = _resume_fingerprint(cfg)
 
   def save(step):
     checkpointer.save(step, state=run.state, record={
-        "config": run_logging.to_python(keyed),
+        "config": fingerprint,
         "data_key": np.asarray(jax.random.key_data(run.data_key)).tolist(),
         "ledger": {"num_updates": ledger.num_updates},
         "metrics_bytes": checkpointing.metrics_length(metrics_path),

@@ -17,7 +17,8 @@ examples (each with K views, 32x32x3 by default):
                one jitted SGD step.
 
 Both run interleaved in one process (median of rounds); the headline is the
-ratio private / non_private of the update times. Also: examples/s (L / time),
+ratio private / non_private of the update times, in wall-clock and in
+process CPU time (steadier on a shared machine). Also: examples/s (L / time),
 images/s (L * K / time), compile time of the per-micro-batch functions, XLA's
 memory plan of each (arguments + outputs + temporaries) and the process'
 peak RSS after the case (monotone over the run).
@@ -107,6 +108,27 @@ class Case:
   image_size: int
 
 
+def interleaved_wall_and_cpu(fns: dict[str, Callable[[], Any]], *,
+                             rounds: int) -> dict[str, dict[str, float]]:
+  """Median wall and process-CPU seconds per call, in alternating rounds.
+
+  CPU time (all threads of this process) is the steadier figure on a
+  shared machine: waiting for a core does not count.
+  """
+  for fn in fns.values():
+    jax.block_until_ready(fn())
+  wall = {name: [] for name in fns}
+  cpu = {name: [] for name in fns}
+  for _ in range(rounds):
+    for name, fn in fns.items():
+      wall_start, cpu_start = time.perf_counter(), time.process_time()
+      jax.block_until_ready(fn())
+      wall[name].append(time.perf_counter() - wall_start)
+      cpu[name].append(time.process_time() - cpu_start)
+  return {name: {"wall": common.median(wall[name]),
+                 "cpu": common.median(cpu[name])} for name in fns}
+
+
 def run_case(case: Case, *, rounds: int) -> dict[str, Any]:
   """Times the private and the non-private update of one case."""
   init, apply = build_model(case.model)
@@ -178,11 +200,11 @@ def run_case(case: Case, *, rounds: int) -> dict[str, Any]:
       total = grads if total is None else jax.tree.map(jnp.add, total, grads)
     return non_private_exe(params, opt_state, total)
 
-  times = common.interleaved_seconds(
+  times = interleaved_wall_and_cpu(
       {"private": private_update, "non_private": non_private_update},
       rounds=rounds)
-  private_s = common.median(times["private"])
-  non_private_s = common.median(times["non_private"])
+  private_s = times["private"]["wall"]
+  non_private_s = times["non_private"]["wall"]
   return {
       **dataclasses.asdict(case),
       "num_params": int(num_params),
@@ -190,6 +212,9 @@ def run_case(case: Case, *, rounds: int) -> dict[str, Any]:
       "private_s": private_s,
       "non_private_s": non_private_s,
       "ratio": private_s / non_private_s,
+      "private_cpu_s": times["private"]["cpu"],
+      "non_private_cpu_s": times["non_private"]["cpu"],
+      "cpu_ratio": times["private"]["cpu"] / times["non_private"]["cpu"],
       "private_examples_per_s": logical / private_s,
       "non_private_examples_per_s": logical / non_private_s,
       "private_images_per_s": logical * k / private_s,
@@ -244,18 +269,20 @@ def per_example_grad_alternatives(model: str, *, batch_size: int,
     start = time.perf_counter()
     jax.block_until_ready(fn(params, images, labels))
     compile_s[name] = time.perf_counter() - start
-  times = common.interleaved_seconds(
+  times = interleaved_wall_and_cpu(
       {name: functools.partial(fn, params, images, labels)
-       for name, fn in fns.items()}, rounds=rounds, warmup=0)
-  base = common.median(times["batch_grad"])
+       for name, fn in fns.items()}, rounds=rounds)
+  base = times["batch_grad"]
   return [{"model": model, "batch_size": batch_size, "method": name,
-           "seconds": common.median(t), "ratio": common.median(t) / base,
+           "seconds": t["wall"], "ratio": t["wall"] / base["wall"],
+           "cpu_ratio": t["cpu"] / base["cpu"],
            "first_call_s": compile_s[name]} for name, t in times.items()]
 
 
 COLUMNS = [
     ("model", "model"), ("views", "K"), ("micro_batch_size", "micro"),
-    ("logical_batch", "L"), ("ratio", "private / non-private"),
+    ("logical_batch", "L"), ("ratio", "private / non-private (wall)"),
+    ("cpu_ratio", "(CPU time)"),
     ("private_examples_per_s", "private ex/s"),
     ("non_private_examples_per_s", "non-private ex/s"),
     ("private_images_per_s", "private img/s"),
@@ -267,7 +294,8 @@ COLUMNS = [
 ]
 ALTERNATIVE_COLUMNS = [
     ("model", "model"), ("batch_size", "B"), ("method", "per-example method"),
-    ("seconds", "seconds"), ("ratio", "/ batch grad"),
+    ("seconds", "seconds"), ("ratio", "/ batch grad (wall)"),
+    ("cpu_ratio", "(CPU time)"),
     ("first_call_s", "first call s"),
 ]
 

@@ -174,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--batch_size", type=int, default=None)
   parser.add_argument("--views", default=None)
   parser.add_argument("--rounds", type=int, default=None)
-  parser.add_argument("--conv_grads", default="xla,patches",
+  parser.add_argument("--conv_grads", default="dpeq,patches",
                       help="kernel-gradient formulations to time (see "
                       "models_overhead.patch_conv_gradients)")
   parser.add_argument("--no_components", action="store_true")

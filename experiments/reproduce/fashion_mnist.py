@@ -71,24 +71,31 @@ MODELS = {
     "eq_cnn_d4": ("eq_cnn", {"model.kwargs.group": "D4"}),
 }
 
-# How convolution kernel gradients are computed, per model: "patches" (a
-# patch matmul, experiments.bench.models_overhead.patch_conv_gradients; the
-# same gradients, 2-4x faster per-example on XLA:CPU for the equivariant
-# nets) or "xla" (jax's own; faster for cnn_tramer's 1-channel 8x8 conv).
-CONV_GRAD = {"cnn_tramer": "xla"}
+# How convolution kernel gradients are computed, per model: "patches" (im2col
+# patch matmuls, experiments.bench.models_overhead.patch_conv_gradients: the
+# same gradients, faster per example on XLA:CPU for the equivariant nets) or
+# "dpeq" (the library as it is).
+CONV_GRAD = {"cnn_tramer": "dpeq"}
 DEFAULT_CONV_GRAD = "patches"
 
 # Candidate recipes per model for the sweep (overrides of the config file).
 SWEEP = {
-    "eq_cnn_d4": (
-        {},
-    ),
     "eq_cnn_c4": (
         {},
         {"training.optimizer.learning_rate": 4.0},
         {"training.optimizer.learning_rate": 4.0,
          "training.optimizer.momentum": 0.9, "dp.l2_clip_norm": 0.1},
     ),
+}
+# Models that take the recipe selected for another model (not swept).
+SELECT_FROM = {"eq_cnn_d4": "eq_cnn_c4"}
+# Length of the final runs (on top of the selected recipe), sized for a
+# 2-core CPU; models not listed keep their config file's batch and T.
+FINAL_LENGTH = {
+    "eq_cnn_c4": {"training.expected_batch_size": 1024,
+                  "training.num_updates": 600},
+    "eq_cnn_d4": {"training.expected_batch_size": 1024,
+                  "training.num_updates": 600},
 }
 # Sweep runs are short: this batch size and SWEEP_UPDATES updates.
 SWEEP_BATCH_SIZE = 512
@@ -243,7 +250,8 @@ def summarize(records: Iterable[Mapping[str, Any]],
       groups.setdefault((record["model"], record["eps"]), []).append(record)
   rows = []
   for (model, eps), runs in sorted(groups.items()):
-    params = selected.get(model, {}).get("params", "last")
+    params = selected.get(SELECT_FROM.get(model, model), {}).get("params",
+                                                                 "last")
     accuracies = [r["accuracy"][params] for r in runs]
     walls = [r["wall_s"] for r in runs]
     rows.append({
@@ -363,7 +371,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     for seed in (int(s) for s in args.seeds.split(",")):
       for eps in (float(e) for e in args.eps.split(",")):
         for model in models:
-          recipe = selected.get(model, {}).get("overrides", {})
+          recipe = dict(selected.get(SELECT_FROM.get(model, model), {}).get(
+              "overrides", {}))
+          recipe.update(FINAL_LENGTH.get(model, {}))
           execute(Run(model, eps, seed, tuple(sorted(recipe.items())),
                       "final"), results_dir=results_dir,
                   workdir_root=workdir_root)

@@ -114,3 +114,31 @@ def test_bench_case_runs_both_updates_on_the_same_views():
       "machine": common.machine_info(), "command": "test", "date": "now",
       "models": [row, {"case": "x", "num_views": 1, "skipped": "no model"}]})
   assert "cnn_tramer/fmnist" in page and "x: skipped" in page
+
+
+@pytest.mark.parametrize("kernel,strides,padding", [
+    ((3, 3, 2, 5), (1, 1), "SAME"),
+    ((8, 8, 2, 3), (2, 2), ((3, 3), (3, 3))),
+    ((4, 4, 2, 2), (2, 2), "VALID"),
+])
+def test_patched_conv_gives_the_same_per_example_gradients(kernel, strides,
+                                                           padding):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((3, 2, 12, 12, 2)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal(kernel), jnp.float32)
+
+  def per_example_grads(conv):
+    def loss(w, x):
+      y = conv(x, w, strides, padding,
+               dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      return jnp.sum(jnp.sin(y))
+    return jax.vmap(jax.grad(loss, argnums=(0, 1)), in_axes=(None, 0))(w, x)
+
+  expected = per_example_grads(jax.lax.conv_general_dilated)
+  with models_overhead.patch_conv_gradients():
+    patched = lambda: per_example_grads(jax.lax.conv_general_dilated)
+    assert "custom_vjp" in str(jax.make_jaxpr(patched)())
+    got = jax.jit(patched)()
+  assert jax.lax.conv_general_dilated is models_overhead._XLA_CONV
+  for a, b in zip(got, expected, strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

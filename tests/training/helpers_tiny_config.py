@@ -4,7 +4,8 @@ Used in-process (`get_config()`) and by the CLI
 (`--config=tests/training/helpers_tiny_config.py:ARG`). ARG is a
 comma-separated list of key=value among:
   updates (int, default 8), micro (per-device micro-batch, default 32),
-  subset (examples per split, default 1024).
+  subset (examples per split, default 1024), calibrate (0 or 1, default 0:
+  sigma = 1 and epsilon follows; 1: sigma calibrated to epsilon 3).
 The data come from ../shared/data/fashion_mnist (the original files).
 """
 
@@ -13,7 +14,7 @@ from dpeq.training import config as config_lib
 
 
 def get_config(arg: str = ""):
-  options = dict(updates=8, micro=32, subset=1024)
+  options = dict(updates=8, micro=32, subset=1024, calibrate=0)
   for pair in filter(None, arg.split(",")):
     key, value = pair.split("=")
     options[key] = int(value)
@@ -25,10 +26,14 @@ def get_config(arg: str = ""):
   c.data.raw_dir = None if raw_dir is None else str(raw_dir)
   c.data.subset = options["subset"]
   c.model.name = "cnn_tramer"
-  # sigma and T given: epsilon follows (RDP keeps the per-step ledger cheap).
-  c.dp.noise_multiplier = 1.0
-  c.dp.target_epsilon = None
+  # RDP keeps the per-step ledger and the calibration cheap.
   c.dp.accountant = "rdp"
+  if options["calibrate"]:
+    c.dp.noise_multiplier = None
+    c.dp.target_epsilon = 3.0
+  else:  # sigma and T given: epsilon follows
+    c.dp.noise_multiplier = 1.0
+    c.dp.target_epsilon = None
   c.training.num_updates = options["updates"]
   c.training.expected_batch_size = 128
   c.training.micro_batch_size = options["micro"]

@@ -114,6 +114,8 @@ def test_unknown_or_bad_arguments_list_the_valid_ones():
     imagenet.get_config("eps=4")
 
 
+# ml_collections loads config files with the deprecated load_module().
+@pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
 def test_loads_through_config_flags_with_overrides():
   """The CLI path: FILE.py:ARGS plus --config.a.b=v overrides."""
   argv = [

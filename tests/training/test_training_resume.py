@@ -7,7 +7,10 @@ import signal
 import time
 
 import helpers_runner
+import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from dpeq.training import checkpointing
 
@@ -98,3 +101,31 @@ def test_sigkill_then_resume_gives_identical_params_metrics_and_epsilon(
                 if p.name.isdigit())
   assert kept == [NUM_UPDATES - 2, NUM_UPDATES], context
   assert (interrupted / "report.md").exists()
+
+
+def test_checkpointer_keeps_the_last_n_and_round_trips_keys(tmp_path):
+  state = {"params": {"w": jnp.arange(6.0).reshape(2, 3)},
+           "key": jax.random.key(7), "step": jnp.int32(0)}
+  saver = checkpointing.Checkpointer(tmp_path, keep=2)
+  for step in (1, 2, 3):
+    state = {**state, "step": jnp.int32(step),
+             "params": {"w": state["params"]["w"] + 1}}
+    saver.save(step, state=state, record={"step": step})
+  assert saver.all_steps() == [2, 3]
+  restored, record = saver.restore(3, like=state)
+  saver.close()
+  assert record == {"step": 3}
+  assert jax.dtypes.issubdtype(restored["key"].dtype, jax.dtypes.prng_key)
+  assert np.array_equal(jax.random.key_data(restored["key"]),
+                        jax.random.key_data(state["key"]))
+  assert np.array_equal(restored["params"]["w"], state["params"]["w"])
+  assert int(restored["step"]) == 3
+
+
+def test_truncate_metrics_cuts_back_to_the_checkpointed_length(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 1}\n{"step": 2}\n{"ste')
+  checkpointing.truncate_metrics(path, length=len('{"step": 1}\n'))
+  assert path.read_text() == '{"step": 1}\n'
+  with pytest.raises(ValueError, match="modified outside the run"):
+    checkpointing.truncate_metrics(path, length=1000)
