@@ -1,6 +1,6 @@
 """`make bench`: every dpeq benchmark, one results table per backend.
 
-  python -m experiments.bench.run            (bounded: ~10-15 min on 2 cores)
+  python -m experiments.bench.run            (bounded: B = 16, K in {1, 4})
   python -m experiments.bench.run --full     (all models, K in {1, 4, 16})
   python -m experiments.bench.run --flags    (+ XLA:CPU flag variants)
 
@@ -185,8 +185,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 else models_overhead.DEFAULT_CASES))
   views = ([int(v) for v in args.views.split(",")] if args.views else
            list(FULL_VIEWS if args.full else DEFAULT_VIEWS))
-  batch_size = args.batch_size or (64 if args.full else 32)
-  rounds = args.rounds or (7 if args.full else 5)
+  batch_size = args.batch_size or (64 if args.full else 16)
+  rounds = args.rounds or (7 if args.full else 3)
 
   start = time.perf_counter()
   payload = {
@@ -198,22 +198,28 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                    "rounds": rounds, "cases": cases,
                    "conv_grads": args.conv_grads},
   }
+  results_dir = pathlib.Path(args.results_dir)
+  stem = f"bench_{payload['machine']['backend']}"
+
+  def save():
+    payload["total_s"] = time.perf_counter() - start
+    common.write_json(results_dir / f"{stem}.json", payload)
+    (results_dir / f"{stem}.md").write_text(render(payload))
+
   payload["models"] = []
-  for conv_grad in args.conv_grads.split(","):
-    payload["models"] += models_overhead.run(
-        cases, batch_size=batch_size, views=views, rounds=rounds,
-        conv_grad=conv_grad)
+  for case in cases:  # Results are saved after every case.
+    for conv_grad in args.conv_grads.split(","):
+      payload["models"] += models_overhead.run(
+          [case], batch_size=batch_size, views=views, rounds=rounds,
+          conv_grad=conv_grad)
+      save()
   if args.flags:
     payload["variants"] = run_variants(batch_size=batch_size, views=views[:1],
                                        rounds=rounds)
+    save()
   if not args.no_components:
     payload["components"] = run_components(full=args.full)
-  payload["total_s"] = time.perf_counter() - start
-
-  results_dir = pathlib.Path(args.results_dir)
-  stem = f"bench_{payload['machine']['backend']}"
-  common.write_json(results_dir / f"{stem}.json", payload)
-  (results_dir / f"{stem}.md").write_text(render(payload))
+  save()
   print(f"wrote {results_dir / stem}.md and .json "
         f"({payload['total_s']:.0f} s)")
   return payload

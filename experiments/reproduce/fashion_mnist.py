@@ -93,9 +93,11 @@ SELECT_FROM = {"eq_cnn_d4": "eq_cnn_c4"}
 # 2-core CPU; models not listed keep their config file's batch and T.
 FINAL_LENGTH = {
     "eq_cnn_c4": {"training.expected_batch_size": 1024,
-                  "training.num_updates": 600},
+                  "training.micro_batch_size": 128,
+                  "training.num_updates": 500},
     "eq_cnn_d4": {"training.expected_batch_size": 1024,
-                  "training.num_updates": 600},
+                  "training.micro_batch_size": 128,
+                  "training.num_updates": 500},
 }
 # Sweep runs are short: this batch size and SWEEP_UPDATES updates.
 SWEEP_BATCH_SIZE = 512

@@ -192,3 +192,14 @@ def test_non_private_run_has_zero_noise_and_infinite_epsilon():
   assert resolved.dp.noise_multiplier == 0.0
   assert resolved.training.num_updates == 7
   assert math.isinf(config_lib.spent_epsilon(resolved, num_examples=6000))
+
+
+def test_optional_fields_keep_their_type_for_command_line_overrides():
+  config = config_lib.base_config()
+  optional = {("dp", "noise_multiplier"): float, ("dp", "target_epsilon"): float,
+              ("training", "num_updates"): int, ("data", "subset"): int,
+              ("data", "raw_dir"): str,
+              ("distributed", "coordinator_address"): str}
+  for (group, field), field_type in optional.items():
+    config[group][field] = None  # what a config file may do
+    assert config[group].get_type(field) is field_type, (group, field)
