@@ -5,7 +5,8 @@ under add/remove-one adjacency: T updates, each a Gaussian mechanism with
 noise multiplier sigma on a Poisson sample of rate q, i.e. the DpEvent
 SelfComposedDpEvent(PoissonSampledDpEvent(q, GaussianDpEvent(sigma)), T).
 Other samplers give their own DpEvent (dpeq.privacy.sampling) for
-`epsilon_of_event` and `PrivacyLedger`.
+`epsilon_of_event`, `calibrate_noise_multiplier_of_event`,
+`calibrate_steps_of_event` and `PrivacyLedger`.
 
 Two accountants: "pld" (privacy loss distributions, the default; tight up to
 the discretization, which rounds pessimistically) and "rdp" (Renyi DP with
@@ -132,6 +133,12 @@ def epsilon_of_event(
 ) -> float:
   """Epsilon at `delta` of any DpEvent (inf for a non-private one).
 
+  With "pld", a composition of plain Gaussian mechanisms (e.g. the shuffle
+  sampler's event) is answered exactly by the analytic Gaussian mechanism
+  (Balle & Wang 2018) at the combined noise multiplier (sum_i sigma_i^-2)^-1/2:
+  tighter than a PLD, and instant where a PLD at small sigma would exhaust
+  memory.
+
   Raises:
     ValueError: if `delta` is not in (0, 1), or the accountant does not
       support the event (e.g. a truncated Poisson event with "rdp").
@@ -144,8 +151,36 @@ def epsilon_of_event(
         f"The {accountant!r} accountant does not support {event}; use "
         f"the other accountant ({ACCOUNTANTS})."
     )
+  if accountant == "pld":
+    inverse_variance = _gaussian_inverse_variance(event)
+    if inverse_variance is not None:
+      if inverse_variance == 0:
+        return 0.0
+      if math.isinf(inverse_variance):
+        return math.inf
+      sigma = inverse_variance ** -0.5
+      # brentq's tolerance, added so that the value stays an upper bound.
+      return float(dp_accounting.get_epsilon_gaussian(sigma, delta)) + 1e-11
   with _quiet():
     return float(acc.compose(event).get_epsilon(delta))
+
+
+def _gaussian_inverse_variance(event: dp_accounting.DpEvent) -> float | None:
+  """sum_i sigma_i^-2 over an event made of Gaussian mechanisms only, else
+  None (any sampling, or any other mechanism)."""
+  if isinstance(event, dp_accounting.NoOpDpEvent):
+    return 0.0
+  if isinstance(event, dp_accounting.GaussianDpEvent):
+    sigma = event.noise_multiplier
+    return math.inf if sigma == 0 else sigma ** -2.0
+  if isinstance(event, dp_accounting.SelfComposedDpEvent):
+    inner = _gaussian_inverse_variance(event.event)
+    return None if inner is None else (
+        0.0 if event.count == 0 else inner * event.count)
+  if isinstance(event, dp_accounting.ComposedDpEvent):
+    parts = [_gaussian_inverse_variance(e) for e in event.events]
+    return None if any(p is None for p in parts) else sum(parts)
+  return None
 
 
 def epsilon(
@@ -348,6 +383,76 @@ def calibrate_batch_size(
   if accountant == "pld" and within(1, "rdp"):
     guess = _largest_int(lambda b: within(b, "rdp"), 1, num_examples)
   return _largest_int(within, guess, num_examples)
+
+
+def calibrate_noise_multiplier_of_event(
+    make_event: Callable[[float], dp_accounting.DpEvent], *,
+    target_epsilon: float, delta: float, accountant: str = "pld",
+    value_discretization_interval: float = DEFAULT_VALUE_DISCRETIZATION_INTERVAL,
+) -> float:
+  """The smallest sigma (to 1e-6 relative) with epsilon(make_event(sigma))
+  <= target_epsilon, for any sampler, e.g.
+  `lambda s: sampler.dp_event(noise_multiplier=s, num_updates=T)`.
+
+  Raises:
+    ValueError: on bad inputs, or if sigma = MAX_NOISE_MULTIPLIER does not
+      reach the target.
+  """
+  target_epsilon = _check_positive("target_epsilon", target_epsilon)
+  _check_delta(delta)
+  _check_accountant(accountant)
+
+  def within(sigma: float) -> bool:
+    return epsilon_of_event(
+        make_event(sigma), delta=delta, accountant=accountant,
+        value_discretization_interval=value_discretization_interval,
+    ) <= target_epsilon
+
+  if not within(MAX_NOISE_MULTIPLIER):
+    raise ValueError(
+        f"target_epsilon={target_epsilon} needs a noise multiplier above "
+        f"{MAX_NOISE_MULTIPLIER}: use fewer updates, a smaller batch or a "
+        "larger target_epsilon.")
+  # Bisection in log(sigma) from the top: `upper` always meets the target.
+  lower, upper = MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER
+  if within(lower):
+    return lower
+  while upper / lower > 1 + 1e-6:
+    middle = math.sqrt(lower * upper)
+    if within(middle):
+      upper = middle
+    else:
+      lower = middle
+  return upper
+
+
+def calibrate_steps_of_event(
+    make_event: Callable[[int], dp_accounting.DpEvent], *,
+    target_epsilon: float, delta: float, accountant: str = "pld",
+    value_discretization_interval: float = DEFAULT_VALUE_DISCRETIZATION_INTERVAL,
+) -> int:
+  """The LARGEST T with epsilon(make_event(T)) <= target_epsilon, for any
+  sampler, e.g. `lambda t: sampler.dp_event(noise_multiplier=s,
+  num_updates=t)` (for ShuffleSampler this ends on an epoch boundary).
+
+  Raises:
+    ValueError: on bad inputs, or if one update exceeds the target.
+  """
+  target_epsilon = _check_positive("target_epsilon", target_epsilon)
+  _check_delta(delta)
+  _check_accountant(accountant)
+
+  def within(steps: int) -> bool:
+    return epsilon_of_event(
+        make_event(steps), delta=delta, accountant=accountant,
+        value_discretization_interval=value_discretization_interval,
+    ) <= target_epsilon
+
+  if not within(1):
+    raise ValueError(
+        f"One update already exceeds target_epsilon={target_epsilon}: "
+        "raise the noise multiplier or the target.")
+  return _largest_int(within, 1, MAX_STEPS)
 
 
 class PrivacyLedger:

@@ -202,18 +202,22 @@ def _clipped_grad_sum_one_pass(loss_fn, params, batch, mask, *, l2_clip_norm,
     scale = scale / l2_clip_norm
   scale = jnp.where(keep, scale, 0.0)
 
-  def weighted_sum(g):
-    # `where` (not a product) so that inf/nan in dropped rows give exact
-    # zeros; a dot over the batch axis, since XLA:CPU reduces a leading axis
-    # with jnp.sum several times slower; HIGHEST precision so that no backend
-    # rounds the clipped gradients to a lower precision (e.g. TF32).
-    g = jnp.where(_expand(keep, g), g, jnp.zeros((), g.dtype))
-    return jnp.tensordot(scale.astype(g.dtype), g, axes=(0, 0),
-                         precision=jax.lax.Precision.HIGHEST)
+  def weighted_sum(grads):
+    # A dot over the batch axis (XLA:CPU reduces a leading axis with jnp.sum
+    # several times slower), at HIGHEST precision so that no backend rounds
+    # the clipped gradients (e.g. to TF32).
+    dot = lambda g: jnp.tensordot(scale.astype(g.dtype), g, axes=(0, 0),
+                                  precision=jax.lax.Precision.HIGHEST)
+    # Dropped rows have scale 0, which zeroes finite rows exactly; only when
+    # some row is non-finite (0 * inf = nan) must they be masked first.
+    masked = lambda g: dot(jnp.where(_expand(finite, g), g,
+                                     jnp.zeros((), g.dtype)))
+    return jax.lax.cond(jnp.all(finite), lambda: jax.tree.map(dot, grads),
+                        lambda: jax.tree.map(masked, grads))
 
   kept_norms = jnp.where(keep, norms, 0.0)
   return ClippedGradSum(
-      grad_sum=jax.tree.map(weighted_sum, grads),
+      grad_sum=weighted_sum(grads),
       per_example_norms=jnp.where(mask, norms, 0.0),
       aux=aux,
       num_examples=jnp.sum(mask, dtype=jnp.int32),

@@ -20,6 +20,12 @@ after its last checkpoint (they are written again, identically, by the
 resumed run) and any half-written line. So no record is lost or duplicated.
 TensorBoard event files are append-only: scalars of the replayed steps
 appear twice there, with identical values.
+
+Bit-for-bit: a resumed run computes exactly what the uninterrupted run would
+have, as far as the backend is deterministic. XLA:CPU is, with one intra-op
+thread (e.g. `taskset -c 0 python -m dpeq.train ...`); with several it may
+round differently from one execution to the next (jax-ml/jax#39741),
+interrupted or not.
 """
 
 import os

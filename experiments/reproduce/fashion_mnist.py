@@ -94,10 +94,10 @@ SELECT_FROM = {"eq_cnn_d4": "eq_cnn_c4"}
 FINAL_LENGTH = {
     "eq_cnn_c4": {"training.expected_batch_size": 1024,
                   "training.micro_batch_size": 128,
-                  "training.num_updates": 500},
+                  "training.num_updates": 200},
     "eq_cnn_d4": {"training.expected_batch_size": 1024,
                   "training.micro_batch_size": 128,
-                  "training.num_updates": 500},
+                  "training.num_updates": 200},
 }
 # Sweep runs are short: this batch size and SWEEP_UPDATES updates.
 SWEEP_BATCH_SIZE = 512
@@ -157,6 +157,8 @@ def make_config(run: Run):
   config = fmnist_configs.get_config(f"model={config_model},eps={run.eps:g}")
   overrides = dict(_COMMON)
   overrides.update(model_overrides)
+  if run.stage == "final":  # Long runs: resumable (same command, same key).
+    overrides["checkpoint.every_updates"] = 50
   if run.stage == "sweep":
     overrides.update({"data.train_split": "train", "data.eval_split": "valid",
                       "training.num_updates": SWEEP_UPDATES,

@@ -194,3 +194,44 @@ def test_sigma_zero_means_no_privacy():
   assert isinstance(accounting.dp_sgd_event(
       noise_multiplier=1.0, sampling_rate=0.1, steps=3),
       dp_accounting.SelfComposedDpEvent)
+
+
+def test_gaussian_compositions_are_exact_and_fast_with_pld():
+  # The shuffle sampler's event: Gaussian mechanisms only, no sampling.
+  event = dp_accounting.SelfComposedDpEvent(
+      dp_accounting.ComposedDpEvent([dp_accounting.GaussianDpEvent(2.0),
+                                     dp_accounting.GaussianDpEvent(2.0)]), 4)
+  ours = accounting.epsilon_of_event(event, delta=DELTA)
+  assert ours == pytest.approx(_gaussian_epsilon(2.0 / math.sqrt(8), DELTA),
+                               rel=1e-9)
+  # dp_accounting's own PLD agrees (it is pessimistic by the discretization).
+  pld = accounting.make_accountant("pld").compose(event).get_epsilon(DELTA)
+  assert ours <= pld <= ours * 1.001
+  # Tiny sigma (a calibration bracket end) is instant, not a huge PLD.
+  tiny = dp_accounting.SelfComposedDpEvent(
+      dp_accounting.GaussianDpEvent(0.005), 3)
+  assert accounting.epsilon_of_event(tiny, delta=DELTA) > 1e3
+
+
+def test_calibration_for_any_sampler():
+  shuffle = sampling.ShuffleSampler(num_examples=1000, expected_batch_size=100,
+                                    seed=0)
+  sigma = accounting.calibrate_noise_multiplier_of_event(
+      lambda s: shuffle.dp_event(noise_multiplier=s, num_updates=30),
+      target_epsilon=4.0, delta=DELTA)
+  eps = lambda s, t: accounting.epsilon_of_event(
+      shuffle.dp_event(noise_multiplier=s, num_updates=t), delta=DELTA)
+  assert eps(sigma, 30) <= 4.0 < eps(sigma * (1 - 1e-5), 30)
+  steps = accounting.calibrate_steps_of_event(
+      lambda t: shuffle.dp_event(noise_multiplier=sigma, num_updates=t),
+      target_epsilon=4.0, delta=DELTA)
+  assert steps == 30  # Three whole epochs of 10 updates, not one more.
+  # On the Poisson event it agrees with the specialised calibration.
+  poisson = sampling.PoissonSampler(num_examples=1000, expected_batch_size=20,
+                                    seed=0)
+  generic = accounting.calibrate_steps_of_event(
+      lambda t: poisson.dp_event(noise_multiplier=2.0, num_updates=t),
+      target_epsilon=2.0, delta=DELTA, accountant="rdp")
+  assert generic == accounting.calibrate_steps(
+      target_epsilon=2.0, noise_multiplier=2.0, sampling_rate=0.02,
+      delta=DELTA, accountant="rdp")

@@ -44,15 +44,26 @@ def cli_env(*, num_devices: int = 1, compile_cache=None) -> dict[str, str]:
   return env
 
 
+def _pin_to_one_cpu() -> None:
+  """Runs in the child before exec: XLA:CPU then uses one intra-op thread.
+
+  With more threads XLA:CPU may round differently from run to run
+  (jax-ml/jax#39741), so bit-for-bit comparisons need one thread.
+  """
+  cpus = sorted(os.sched_getaffinity(0))
+  os.sched_setaffinity(0, {cpus[os.getppid() % len(cpus)]})
+
+
 def start_cli(workdir, config_arg: str = "", *overrides: str,
-              num_devices: int = 1, compile_cache=None,
+              num_devices: int = 1, compile_cache=None, single_cpu=False,
               log_path=None) -> subprocess.Popen:
   """Starts the CLI in the repository root; output goes to `log_path`."""
   with open(log_path or os.devnull, "w") as log:  # the child keeps its copy
     return subprocess.Popen(
         cli_command(workdir, config_arg, *overrides), cwd=paths.REPO_ROOT,
         env=cli_env(num_devices=num_devices, compile_cache=compile_cache),
-        stdout=log, stderr=subprocess.STDOUT)
+        stdout=log, stderr=subprocess.STDOUT,
+        preexec_fn=_pin_to_one_cpu if single_cpu else None)
 
 
 def wait_ok(process: subprocess.Popen, log_path, timeout: float = 300) -> None:
