@@ -25,7 +25,6 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import dp_accounting
 from ml_collections import config_dict
 
 from dpeq import data as data_lib
@@ -468,14 +467,11 @@ def _calibrate_noise_multiplier(config: ConfigDict, sampler) -> float:
         target_epsilon=dp.target_epsilon, sampling_rate=sampler.sampling_rate,
         steps=num_updates, delta=dp.delta, accountant=dp.accountant)
   # Other samplers: the same search over their own DpEvent.
-  return float(dp_accounting.calibrate_dp_mechanism(
-      lambda: accounting.make_accountant(dp.accountant),
+  return accounting.calibrate_noise_multiplier_of_event(
       lambda sigma: sampler.dp_event(noise_multiplier=sigma,
                                      num_updates=num_updates),
-      dp.target_epsilon, dp.delta,
-      bracket_interval=dp_accounting.ExplicitBracketInterval(
-          1e-2, accounting.MAX_NOISE_MULTIPLIER),
-      tol=1e-4))
+      target_epsilon=dp.target_epsilon, delta=dp.delta,
+      accountant=dp.accountant)
 
 
 def _calibrate_num_updates(config: ConfigDict, sampler) -> int:
@@ -486,21 +482,12 @@ def _calibrate_num_updates(config: ConfigDict, sampler) -> int:
         target_epsilon=dp.target_epsilon, noise_multiplier=dp.noise_multiplier,
         sampling_rate=sampler.sampling_rate, delta=dp.delta,
         accountant=dp.accountant)
-  # Shuffling: epsilon grows per epoch started, so T is whole epochs.
-  per_epoch = sampler.updates_per_epoch
-  event = lambda epochs: sampler.dp_event(
-      noise_multiplier=dp.noise_multiplier, num_updates=epochs * per_epoch)
-  if accounting.epsilon_of_event(event(1), delta=dp.delta,
-                                 accountant=dp.accountant) > dp.target_epsilon:
-    raise ValueError(
-        f"One epoch at noise_multiplier={dp.noise_multiplier} already exceeds "
-        f"target_epsilon={dp.target_epsilon}.")
-  epochs = dp_accounting.calibrate_dp_mechanism(
-      lambda: accounting.make_accountant(dp.accountant), event,
-      dp.target_epsilon, dp.delta,
-      bracket_interval=dp_accounting.LowerEndpointAndGuess(1, 2),
-      discrete=True)
-  return int(epochs) * per_epoch
+  # Shuffling: epsilon grows per epoch started, so T ends on an epoch.
+  return accounting.calibrate_steps_of_event(
+      lambda steps: sampler.dp_event(noise_multiplier=dp.noise_multiplier,
+                                     num_updates=steps),
+      target_epsilon=dp.target_epsilon, delta=dp.delta,
+      accountant=dp.accountant)
 
 
 def resolve(config: ConfigDict, *, num_examples: int) -> ConfigDict:

@@ -14,17 +14,17 @@ from dpeq.training import config as config_lib
 # global absl flags at import).
 CONFIG_ERROR_EXIT_STATUS = 2
 
-# (config argument, overrides, fragment of the message)
-BAD_INVOCATIONS = [
-    ("", ("--config.dp.delta=1.5",), "config.dp.delta=1.5: must lie strictly"),
-    ("", ("--config.model.name=resnet1000",), "config.model.name='resnet1000'"),
-    ("", ("--config.dp.epsilon=3",), "override names a field that does not"),
-    ("", ("--config.training.augmult=two",), "--config.training.augmult=two"),
+# (override of the tiny config, fragment of the message)
+BAD_OVERRIDES = [
+    ("--config.dp.delta=1.5", "config.dp.delta=1.5: must lie strictly"),
+    ("--config.model.name=resnet1000", "config.model.name='resnet1000'"),
+    ("--config.dp.epsilon=3", "override names a field that does not exist"),
+    ("--config.training.augmult=two", "--config.training.augmult=two"),
 ]
 
 
-def _run(workdir, config_arg, overrides, config=None):
-  command = helpers_runner.cli_command(workdir, config_arg, *overrides)
+def _run(workdir, *overrides, config=None):
+  command = helpers_runner.cli_command(workdir, "", *overrides)
   if config is not None:
     command[3] = f"--config={config}"
   return subprocess.run(command, cwd=paths.REPO_ROOT, capture_output=True,
@@ -32,11 +32,10 @@ def _run(workdir, config_arg, overrides, config=None):
                         check=False)
 
 
-@pytest.mark.parametrize("config_arg,overrides,fragment", BAD_INVOCATIONS,
-                         ids=[b[1][0] for b in BAD_INVOCATIONS])
-def test_bad_override_exits_with_the_message(tmp_path, config_arg, overrides,
-                                             fragment):
-  result = _run(tmp_path / "run", config_arg, overrides)
+@pytest.mark.parametrize("override,fragment", BAD_OVERRIDES,
+                         ids=[b[0] for b in BAD_OVERRIDES])
+def test_bad_override_exits_with_the_message(tmp_path, override, fragment):
+  result = _run(tmp_path / "run", override)
   assert result.returncode == CONFIG_ERROR_EXIT_STATUS, result.stderr
   assert fragment in result.stderr
   assert "Traceback" not in result.stderr + result.stdout
@@ -44,17 +43,18 @@ def test_bad_override_exits_with_the_message(tmp_path, config_arg, overrides,
 
 
 def test_bad_config_file_argument_and_missing_file(tmp_path):
-  result = _run(tmp_path / "run", "", (),
+  result = _run(tmp_path / "run",
                 config="experiments/configs/fashion_mnist.py:eps=5")
   assert result.returncode == CONFIG_ERROR_EXIT_STATUS, result.stderr
   assert "eps=5 is not a valid value" in result.stderr
   assert "Traceback" not in result.stderr
-  result = _run(tmp_path / "run", "", (), config="experiments/configs/no.py")
+  result = _run(tmp_path / "run", config="experiments/configs/no.py")
   assert result.returncode == CONFIG_ERROR_EXIT_STATUS
   assert "no.py" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_required_overrides_reach_the_resolved_config():
+def test_required_overrides_reach_the_resolved_config(fashion_mnist_dir):
+  del fashion_mnist_dir  # the tiny config reads ../shared/data/fashion_mnist
   argv = ["train",
           f"--config={paths.REPO_ROOT / helpers_runner.TINY_CONFIG}:calibrate=1",
           "--config.dp.target_epsilon=2.5",

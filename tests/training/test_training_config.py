@@ -175,6 +175,17 @@ def test_resolve_accounts_shuffled_batches_per_epoch():
   assert _shuffle_epsilon(sigma=20.0, epochs=epochs + 1, delta=1e-5) > 2.0
 
 
+def test_resolve_calibrates_sigma_for_shuffled_batches():
+  # 48 updates = 2 epochs of 24: two Gaussians at sigma / 2 (replace-one).
+  config = _config(dp__noise_multiplier=None, training__num_updates=48,
+                   dp__target_epsilon=4.0, dp__sampling="shuffle",
+                   dp__accountant="rdp", training__expected_batch_size=250,
+                   training__micro_batch_size=50)
+  sigma = config_lib.resolve(config, num_examples=6000).dp.noise_multiplier
+  assert _shuffle_epsilon(sigma=sigma, epochs=2, delta=1e-5) <= 4.0
+  assert _shuffle_epsilon(sigma=sigma * 0.99, epochs=2, delta=1e-5) > 4.0
+
+
 def test_resolve_rejects_explicit_settings_over_budget():
   config = _config(dp__noise_multiplier=1.5, training__num_updates=100,
                    dp__target_epsilon=1.0)
