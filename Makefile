@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed-stamp
 CONFIG ?= experiments/configs/fashion_mnist.py
 WORKDIR ?= runs/fashion_mnist
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
+REPRODUCE_ARGS ?=
 
 .PHONY: install test bench lint train reproduce-fmnist clean
 
@@ -21,7 +23,7 @@ test: install
 	OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS) tests
 
 bench: install
-	$(PY) -m experiments.bench.run
+	$(PY) -m experiments.bench.run $(BENCH_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check dpeq experiments tests
@@ -30,7 +32,7 @@ train: install
 	$(PY) -m dpeq.train --config=$(CONFIG) --workdir=$(WORKDIR)
 
 reproduce-fmnist: install
-	$(PY) -m experiments.reproduce.fashion_mnist
+	$(PY) -m experiments.reproduce.fashion_mnist $(REPRODUCE_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

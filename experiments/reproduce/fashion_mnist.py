@@ -30,7 +30,6 @@ recorded there is not repeated. Workdirs (checkpoints, metrics) go under
 """
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import math
@@ -41,7 +40,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from dpeq.training import loop
-from experiments.bench import common, models_overhead
+from experiments.bench import common
 from experiments.configs import fashion_mnist as fmnist_configs
 
 RESULTS_DIR = pathlib.Path(__file__).resolve().parents[1] / "results"
@@ -63,22 +62,15 @@ _COMMON = {
     "eval.every_updates": 0,
 }
 
-# The models of the table: name -> (config model, model.kwargs overrides).
+# The models of the table: name -> (config model, config overrides).
 MODELS = {
     "cnn_tramer": ("cnn_tramer", {}),
+    # Tramer & Boneh's full recipe: 40 epochs of expected batch 2048.
+    "cnn_tramer_40ep": ("cnn_tramer", {"training.num_updates": 1172}),
     "resnet9": ("resnet9", {}),
     "eq_cnn_c4": ("eq_cnn", {"model.kwargs.group": "C4"}),
     "eq_cnn_d4": ("eq_cnn", {"model.kwargs.group": "D4"}),
 }
-
-# How convolution kernel gradients are computed, per model: "dpeq" (the
-# library as it is; on CPU dpeq.privacy computes per-example conv weight
-# gradients per kernel tap) or "patches" (im2col patch matmuls,
-# experiments.bench.models_overhead.patch_conv_gradients; same gradients).
-# The runs recorded before 02:46 UTC on 2026-11-23 used "patches"; the bench
-# then showed the library's per-tap path ~2x faster for eq_cnn on a quiet CPU.
-CONV_GRAD: dict[str, str] = {}
-DEFAULT_CONV_GRAD = "dpeq"
 
 # Candidate recipes per model for the sweep (overrides of the config file).
 SWEEP = {
@@ -91,9 +83,14 @@ SWEEP = {
 }
 # Models that take the recipe selected for another model (not swept).
 SELECT_FROM = {"eq_cnn_d4": "eq_cnn_c4"}
-# Length of the final runs (on top of the selected recipe), sized for a
-# 2-core CPU; models not listed keep their config file's batch and T.
+# Length of the final runs (on top of the selected recipe): each is sized to
+# take about 4-8 minutes on an idle 2-core CPU (cnn_tramer ~2,050, eq_cnn
+# ~450, resnet9 (16, 32, 64) ~220 private examples/s at micro-batch 256).
 FINAL_LENGTH = {
+    "cnn_tramer": {"training.num_updates": 300},
+    "resnet9": {"training.expected_batch_size": 512,
+                "training.micro_batch_size": 128,
+                "training.num_updates": 150},
     "eq_cnn_c4": {"training.expected_batch_size": 1024,
                   "training.micro_batch_size": 128,
                   "training.num_updates": 200},
@@ -191,11 +188,8 @@ def execute(run: Run, *, results_dir: pathlib.Path,
   config = make_config(run)
   workdir = workdir_root / run.key
   log(f"[{time.strftime('%H:%M:%S')}] {run.key}: {dict(run.overrides)}")
-  conv_grad = CONV_GRAD.get(run.model, DEFAULT_CONV_GRAD)
   start = time.perf_counter()
-  with (models_overhead.patch_conv_gradients() if conv_grad == "patches"
-        else contextlib.nullcontext()):
-    final = loop.train(config, workdir=workdir)
+  final = loop.train(config, workdir=workdir)
   wall = time.perf_counter() - start
   record = {
       "key": run.key, "model": run.model, "eps": run.eps, "seed": run.seed,
@@ -207,7 +201,6 @@ def execute(run: Run, *, results_dir: pathlib.Path,
       "accuracy": {p: float(final[f"{p}/accuracy"]) for p in PARAMS
                    if f"{p}/accuracy" in final},
       "wall_s": wall,
-      "conv_grad": conv_grad,
       "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
       "load_average_1min": common.machine_info()["load_average_1min"],
   }

@@ -78,6 +78,10 @@ def test_reproduce_configs_are_valid_and_sweep_holds_out_the_test_set():
   assert (final.data.train_split, final.data.eval_split) == (
       "train_valid", "test")
   assert final.dp.target_epsilon == 1 and final.seed == 2
+  paper = fmnist.make_config(fmnist.Run("cnn_tramer_40ep", 3, 0, (), "final"))
+  epochs = (paper.training.num_updates * paper.training.expected_batch_size
+            / 60_000)
+  assert round(epochs) == 40  # Tramer & Boneh's length.
   for model in fmnist.MODELS:
     assert all(isinstance(r, dict) for r in fmnist.SWEEP.get(model, ({},)))
 
