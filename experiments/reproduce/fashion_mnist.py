@@ -83,9 +83,11 @@ SWEEP = {
 }
 # Models that take the recipe selected for another model (not swept).
 SELECT_FROM = {"eq_cnn_d4": "eq_cnn_c4"}
-# Length of the final runs (on top of the selected recipe): each is sized to
-# take about 4-8 minutes on an idle 2-core CPU (cnn_tramer ~2,050, eq_cnn
-# ~450, resnet9 (16, 32, 64) ~220 private examples/s at micro-batch 256).
+# Length of the final runs (on top of the selected recipe), sized for minutes
+# on a 2-core CPU; measured there (idle, seed 0): cnn_tramer ~5 min,
+# cnn_tramer_40ep ~20 min, resnet9 (16, 32, 64) ~8 min, eq_cnn C4 ~11 min,
+# eq_cnn D4 ~18 min per run; all of `make reproduce-fmnist` (4 eps x 3
+# seeds) ~12 h.
 FINAL_LENGTH = {
     "cnn_tramer": {"training.num_updates": 300},
     "resnet9": {"training.expected_batch_size": 512,
