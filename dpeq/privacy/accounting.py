@@ -19,6 +19,7 @@ import logging
 import math
 import warnings
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import dp_accounting
 from absl import logging as absl_logging
@@ -402,11 +403,10 @@ def calibrate_noise_multiplier_of_event(
   _check_delta(delta)
   _check_accountant(accountant)
 
-  def within(sigma: float) -> bool:
-    return epsilon_of_event(
-        make_event(sigma), delta=delta, accountant=accountant,
-        value_discretization_interval=value_discretization_interval,
-    ) <= target_epsilon
+  within = _meets_target(
+      make_event, target_epsilon=target_epsilon, delta=delta,
+      accountant=accountant,
+      value_discretization_interval=value_discretization_interval)
 
   if not within(MAX_NOISE_MULTIPLIER):
     raise ValueError(
@@ -426,6 +426,19 @@ def calibrate_noise_multiplier_of_event(
   return upper
 
 
+def _meets_target(make_event, *, target_epsilon, delta, accountant,
+                  value_discretization_interval) -> Callable[[Any], bool]:
+  """Predicate x -> epsilon(make_event(x)) <= target_epsilon."""
+
+  def within(x) -> bool:
+    return epsilon_of_event(
+        make_event(x), delta=delta, accountant=accountant,
+        value_discretization_interval=value_discretization_interval,
+    ) <= target_epsilon
+
+  return within
+
+
 def calibrate_steps_of_event(
     make_event: Callable[[int], dp_accounting.DpEvent], *,
     target_epsilon: float, delta: float, accountant: str = "pld",
@@ -442,11 +455,10 @@ def calibrate_steps_of_event(
   _check_delta(delta)
   _check_accountant(accountant)
 
-  def within(steps: int) -> bool:
-    return epsilon_of_event(
-        make_event(steps), delta=delta, accountant=accountant,
-        value_discretization_interval=value_discretization_interval,
-    ) <= target_epsilon
+  within = _meets_target(
+      make_event, target_epsilon=target_epsilon, delta=delta,
+      accountant=accountant,
+      value_discretization_interval=value_discretization_interval)
 
   if not within(1):
     raise ValueError(
