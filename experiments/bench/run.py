@@ -172,9 +172,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--flags", action="store_true",
                       help="also time XLA:CPU flag / micro-batch variants")
   parser.add_argument("--cases", default=None)
-  parser.add_argument("--batch_size", type=int, default=None)
+  parser.add_argument("--batch_size", type=int, default=16)
   parser.add_argument("--views", default=None)
-  parser.add_argument("--rounds", type=int, default=None)
+  parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--conv_grads", default="dpeq",
                       help="comma-separated kernel-gradient formulations to "
                       "time: dpeq (the library's), patches (see "
@@ -187,8 +187,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 else models_overhead.DEFAULT_CASES))
   views = ([int(v) for v in args.views.split(",")] if args.views else
            list(FULL_VIEWS if args.full else DEFAULT_VIEWS))
-  batch_size = args.batch_size or 16
-  rounds = args.rounds or 3
+  batch_size, rounds = args.batch_size, args.rounds
 
   start = time.perf_counter()
   payload = {
