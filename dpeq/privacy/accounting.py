@@ -399,10 +399,6 @@ def calibrate_noise_multiplier_of_event(
     ValueError: on bad inputs, or if sigma = MAX_NOISE_MULTIPLIER does not
       reach the target.
   """
-  target_epsilon = _check_positive("target_epsilon", target_epsilon)
-  _check_delta(delta)
-  _check_accountant(accountant)
-
   within = _meets_target(
       make_event, target_epsilon=target_epsilon, delta=delta,
       accountant=accountant,
@@ -428,7 +424,14 @@ def calibrate_noise_multiplier_of_event(
 
 def _meets_target(make_event, *, target_epsilon, delta, accountant,
                   value_discretization_interval) -> Callable[[Any], bool]:
-  """Predicate x -> epsilon(make_event(x)) <= target_epsilon."""
+  """Predicate x -> epsilon(make_event(x)) <= target_epsilon (inputs checked).
+
+  Raises:
+    ValueError: on a non-positive target_epsilon, a bad delta or accountant.
+  """
+  target_epsilon = _check_positive("target_epsilon", target_epsilon)
+  _check_delta(delta)
+  _check_accountant(accountant)
 
   def within(x) -> bool:
     return epsilon_of_event(
@@ -451,10 +454,6 @@ def calibrate_steps_of_event(
   Raises:
     ValueError: on bad inputs, or if one update exceeds the target.
   """
-  target_epsilon = _check_positive("target_epsilon", target_epsilon)
-  _check_delta(delta)
-  _check_accountant(accountant)
-
   within = _meets_target(
       make_event, target_epsilon=target_epsilon, delta=delta,
       accountant=accountant,
