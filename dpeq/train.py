@@ -11,8 +11,12 @@ unknown or mistyped override, a value `validate` rejects, data that cannot
 be found) stops the run with a one-paragraph message naming the field and
 exit status 2, without a traceback.
 
-Runs are reproducible from the config (seed included). On CPU, results are
-bit-for-bit identical across runs and resumptions when XLA uses one thread
+A run's noise and batches come from secret OS entropy, saved in the workdir
+(secret_randomness.json) so that a resumed run continues bit for bit; two
+runs of the same config differ. `--config.dp.reproducible_seed=N` makes runs
+reproducible from the config, and NOT private against anyone who knows N.
+On CPU, results are bit-for-bit identical across resumptions (and, with a
+reproducible seed, across runs) when XLA uses one thread
 (`taskset -c 0 python -m dpeq.train ...`; see dpeq.training.checkpointing).
 """
 

@@ -16,7 +16,6 @@ from dpeq.data.datasets import (
     ArrayDataset,
     DatasetInfo,
     DatasetNotFoundError,
-    channel_stats,
     load,
 )
 from dpeq.data.specs import SPLITS, available
@@ -31,7 +30,6 @@ __all__ = [
     "augment",
     "available",
     "batching",
-    "channel_stats",
     "load",
     "make_views",
     "views_fn",

@@ -14,11 +14,9 @@ raw files (original order), so "train"/"valid" are the same multiset across
 sources only as a union.
 
 Normalisation statistics (`DatasetInfo.mean` / `.std`, per channel, in [0, 1]
-units) are De et al.'s constants for CIFAR-10, the usual constants for
-ImageNet, and otherwise computed once over all pixels of "train_valid" and
-cached. Like every public codebase, dpeq treats these few numbers as public;
-strictly, statistics of the private training set are not covered by the DP
-guarantee.
+units) are fixed public constants of `dpeq.data.specs` (published, e.g. De
+et al.'s for CIFAR-10), never computed from the data a run trains on: a
+statistic of the private training set would not be covered by the guarantee.
 """
 
 import dataclasses
@@ -31,7 +29,6 @@ from dpeq.data import cache, raw, specs, tfds_source
 from dpeq.data.raw import DatasetNotFoundError
 
 SOURCES = ("tfds", "raw")
-_STATS_CHUNK_VALUES = 1 << 24  # float64 values per chunk (128 MiB).
 
 __all__ = ["ArrayDataset", "DatasetInfo", "DatasetNotFoundError", "SOURCES",
            "load"]
@@ -87,30 +84,6 @@ class ArrayDataset:
     return len(self.labels)
 
 
-def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...],
-                                               tuple[float, ...]]:
-  """Per-channel mean and std of uint8 [N, H, W, C] images, in [0, 1] units.
-
-  Statistics over all N * H * W pixels (population std), accumulated in
-  float64 over chunks of images so memory stays small.
-  """
-  if images.ndim != 4 or not len(images):
-    raise ValueError(f"need uint8 [N > 0, H, W, C] images; got {images.shape}.")
-  channels = images.shape[-1]
-  total = np.zeros(channels)
-  total_sq = np.zeros(channels)
-  step = max(1, _STATS_CHUNK_VALUES // images[0].size)
-  for start in range(0, len(images), step):
-    chunk = images[start:start + step].reshape(-1, channels)
-    chunk = chunk.astype(np.float64)
-    total += chunk.sum(axis=0)
-    total_sq += np.square(chunk).sum(axis=0)
-  count = images.size // channels
-  mean = total / count
-  std = np.sqrt(np.maximum(total_sq / count - np.square(mean), 0.0))
-  return tuple(float(m) for m in mean / 255), tuple(float(s) for s in std / 255)
-
-
 def _origin(spec, source, data_dir, raw_dir) -> str:
   if source == "tfds":
     return f"tfds:{spec.tfds_name}:{tfds_source.resolved_data_dir(data_dir)}"
@@ -153,12 +126,8 @@ class _Source:
       images, labels = tfds_source.read(self.spec, split=self._tfds_split(split),
                                         data_dir=self.data_dir,
                                         manual_dir=self.manual_dir)
-    extra = {}
-    if split == "train" and self.spec.mean is None:
-      mean, std = channel_stats(images)
-      extra = {"mean": mean, "std": std}
-    cache.write(entry, images, labels, origin=self.origin, **extra)
-    return images, labels, dict(extra, num_examples=len(images))
+    cache.write(entry, images, labels, origin=self.origin)
+    return images, labels, {"num_examples": len(images)}
 
   def num_train(self) -> int:
     """Size of the official training set (without reading it if possible)."""
@@ -187,14 +156,6 @@ class _Source:
         data_dir=self.data_dir, manual_dir=self.manual_dir)
     cache.write(entry, images, labels, origin=self.origin)
     return images, labels
-
-  def stats(self):
-    if self.spec.mean is not None:
-      return tuple(self.spec.mean), tuple(self.spec.std)
-    meta = cache.read_meta(self._entry("train"), origin=self.origin)
-    if meta is None or "mean" not in meta:
-      meta = self.split("train")[2]
-    return tuple(meta["mean"]), tuple(meta["std"])
 
 
 def _row_range(split, num_train, valid_size):
@@ -301,10 +262,9 @@ def load(
     if max_examples is not None:
       images, labels = images[:max_examples], labels[:max_examples]
 
-  mean, std = reader.stats()
   info = DatasetInfo(name=name, num_examples=len(images),
                      num_classes=spec.num_classes, image_shape=spec.image_shape,
-                     mean=mean, std=std)
+                     mean=tuple(spec.mean), std=tuple(spec.std))
   return ArrayDataset(images=images, labels=labels, info=info)
 
 

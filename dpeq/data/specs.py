@@ -15,12 +15,24 @@ import dataclasses
 # Splits `dpeq.data.load` accepts.
 SPLITS = ("train", "valid", "train_valid", "test")
 
-# De et al. (jax_privacy) CIFAR-10 per-channel statistics, [0, 1] units.
+# Normalisation constants, per channel in [0, 1] units. They are FIXED PUBLIC
+# numbers, long published with each dataset's standard training code; dpeq
+# never computes statistics of the split a run trains on (those would not be
+# covered by the DP guarantee).
+# De et al. (jax_privacy) CIFAR-10.
 CIFAR10_MEAN = (0.49139968, 0.48215841, 0.44653091)
 CIFAR10_STD = (0.24703223, 0.24348513, 0.26158784)
-# The usual ImageNet statistics (computing them needs the whole train set).
+# The usual ImageNet constants (also used for its subsets).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The PyTorch MNIST example's constants.
+MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+# The constants commonly published with Fashion-MNIST training code.
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+SVHN_MEAN = (0.4377, 0.4438, 0.4728)
+SVHN_STD = (0.1980, 0.2010, 0.1970)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +52,8 @@ class DatasetSpec:
     tfds_test_split: tfds split that plays "test".
     tfds_files: files tfds needs in `manual_dir` to prepare offline.
     tfds_manual_only: tfds cannot download it (ImageNet): manual_dir needed.
-    mean: fixed per-channel mean in [0, 1] units, or None to compute it from
-      the training set (train_valid) at first load.
+    mean: fixed public per-channel mean in [0, 1] units (never computed
+      from the training data).
     std: like `mean`, for the per-channel standard deviation.
     needs_max_examples: the full split does not fit in memory; `load` then
       requires `max_examples` (the interface leaves room for streaming).
@@ -59,8 +71,8 @@ class DatasetSpec:
   tfds_test_split: str = "test"
   tfds_files: tuple[str, ...] = ()
   tfds_manual_only: bool = False
-  mean: tuple[float, ...] | None = None
-  std: tuple[float, ...] | None = None
+  mean: tuple[float, ...] = ()
+  std: tuple[float, ...] = ()
   needs_max_examples: bool = False
   variable_size: bool = False
 
@@ -82,6 +94,8 @@ _SPECS = (
         raw_files=_IDX_FILES,
         tfds_name="mnist",
         tfds_files=_IDX_FILES,
+        mean=MNIST_MEAN,
+        std=MNIST_STD,
     ),
     DatasetSpec(
         name="fashion_mnist",
@@ -92,6 +106,8 @@ _SPECS = (
         raw_files=_IDX_FILES,
         tfds_name="fashion_mnist",
         tfds_files=_IDX_FILES,
+        mean=FASHION_MNIST_MEAN,
+        std=FASHION_MNIST_STD,
     ),
     DatasetSpec(
         name="cifar10",
@@ -115,6 +131,8 @@ _SPECS = (
         raw_files=("cifar-100-python/ (train, test) or cifar-100-python.tar.gz",),
         tfds_name="cifar100",
         tfds_files=("cifar-100-binary.tar.gz",),
+        mean=CIFAR100_MEAN,
+        std=CIFAR100_STD,
     ),
     DatasetSpec(
         name="svhn_cropped",
@@ -126,6 +144,8 @@ _SPECS = (
         tfds_name="svhn_cropped",
         # tfds also prepares the "extra" split, so it needs all three.
         tfds_files=("train_32x32.mat", "test_32x32.mat", "extra_32x32.mat"),
+        mean=SVHN_MEAN,
+        std=SVHN_STD,
     ),
     DatasetSpec(
         name="imagenette",
@@ -139,6 +159,8 @@ _SPECS = (
         tfds_name="imagenette/160px-v2",
         tfds_test_split="validation",
         tfds_files=("imagenette2-160.tgz",),
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
         variable_size=True,
     ),
     DatasetSpec(
@@ -150,6 +172,8 @@ _SPECS = (
         raw_files=("train/<wnid>/images/*.JPEG", "val/images/*.JPEG",
                    "val/val_annotations.txt"),
         tfds_name=None,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
     ),
     DatasetSpec(
         name="imagenet2012",
@@ -171,6 +195,10 @@ _SPECS = (
 )
 
 _BY_NAME = {spec.name: spec for spec in _SPECS}
+for _spec in _SPECS:  # every dataset carries its fixed constants
+  if len(_spec.mean) != _spec.image_shape[-1] or len(_spec.std) != len(
+      _spec.mean):
+    raise AssertionError(f"{_spec.name}: mean/std need one value per channel")
 
 
 def available() -> tuple[str, ...]:

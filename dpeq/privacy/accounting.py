@@ -26,6 +26,8 @@ from absl import logging as absl_logging
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 
+from dpeq.privacy import noise
+
 ACCOUNTANTS = ("pld", "rdp")
 DEFAULT_VALUE_DISCRETIZATION_INTERVAL = 1e-4
 # Above this, the noise would drown any signal: we call a target unreachable.
@@ -474,13 +476,26 @@ class PrivacyLedger:
   dpeq.privacy.sampling.PoissonSampler), the noise multiplier and delta.
   `epsilon()` is computed from scratch for the current number of updates
   (memoized only per exact count, so it is never stale).
+
+  Two deltas: `delta` is the one epsilon is accounted at (ideal Gaussian
+  noise); `total_delta()` adds what the float32 sampler's cut tail costs
+  over `noise_dimension` noised coordinates per update
+  (dpeq.privacy.noise.noise_tail_delta). The run is
+  (epsilon(), total_delta())-DP; that pair is what `to_dict` reports.
   """
 
   def __init__(self, *, sampler, noise_multiplier: float, delta: float,
-               accountant: str = "pld", num_updates: int = 0,
+               noise_dimension: int, accountant: str = "pld",
+               num_updates: int = 0,
                value_discretization_interval: float = (
                    DEFAULT_VALUE_DISCRETIZATION_INTERVAL)):
     self.delta = _check_delta(delta)
+    if (isinstance(noise_dimension, bool) or int(noise_dimension)
+        != noise_dimension or noise_dimension < 1):
+      raise ValueError(
+          f"noise_dimension={noise_dimension!r} must be a positive int: the "
+          "number of noised coordinates (parameters) per update.")
+    self.noise_dimension = int(noise_dimension)
     self.accountant = _check_accountant(accountant)
     self.noise_multiplier = float(noise_multiplier)
     if not self.noise_multiplier >= 0:
@@ -517,11 +532,27 @@ class PrivacyLedger:
     """Epsilon spent after the updates recorded so far."""
     return self.epsilon_at(self.num_updates)
 
+  def noise_tail_delta(self) -> float:
+    """What the sampler's cut tail adds to delta after the recorded updates."""
+    if self.noise_multiplier == 0:
+      return 0.0
+    return noise.noise_tail_delta(
+        epsilon=self.epsilon(), num_updates=self.num_updates,
+        dimension=self.noise_dimension)
+
+  def total_delta(self) -> float:
+    """The delta the run is DP at: `delta` plus the sampler's cut tail."""
+    return self.delta + self.noise_tail_delta()
+
   def to_dict(self) -> dict:
-    """A JSON-able summary (e.g. for privacy.json)."""
+    """A JSON-able summary (e.g. for privacy.json): (epsilon, delta) is the
+    guarantee, delta including the noise sampler's cut tail."""
     return {
         "epsilon": self.epsilon(),
-        "delta": self.delta,
+        "delta": self.total_delta(),
+        "accountant_delta": self.delta,
+        "noise_tail_delta": self.noise_tail_delta(),
+        "noise_dimension": self.noise_dimension,
         "num_updates": self.num_updates,
         "noise_multiplier": self.noise_multiplier,
         "sampling": type(self.sampler).__name__,

@@ -1,7 +1,11 @@
 """Host-side batch selection (numpy) and the DpEvent that matches it.
 
 Every batch is a pure function of (seed, update_step): a resumed run draws
-the same batches, and no sampler state needs checkpointing. Batches are
+the same batches, and no sampler state needs checkpointing. The seed is
+SECRET (dpeq.privacy.randomness.RunRandomness.sampler_seed): against
+someone who knows which examples formed each batch, sampling amplifies
+nothing. A sampler made with `seed=None` only describes its DpEvent (for
+calibration and accounting) and refuses to draw batches. Batches are
 padded to a multiple of `pad_multiple` with rows (index 0, mask False) so
 that the device sees a whole number of fixed-shape micro-batches.
 
@@ -76,7 +80,20 @@ def _padded(indices: np.ndarray, pad_multiple: int,
   return BatchSelection(indices=out, mask=mask)
 
 
-def _rng(seed: int, update_step: int, stream: int) -> np.random.Generator:
+def _check_seed(seed: int | None) -> int | None:
+  if seed is not None and (isinstance(seed, bool) or int(seed) != seed
+                           or seed < 0):
+    raise ValueError(f"seed={seed!r} must be a non-negative int or None.")
+  return None if seed is None else int(seed)
+
+
+def _rng(seed: int | None, update_step: int,
+         stream: int) -> np.random.Generator:
+  if seed is None:
+    raise ValueError(
+        "This sampler was made with seed=None (for accounting only); pass "
+        "the run's secret seed (RunRandomness.sampler_seed()) to draw "
+        "batches.")
   if int(update_step) != update_step or update_step < 0:
     raise ValueError(f"update_step={update_step!r} must be an int >= 0.")
   return np.random.default_rng([int(seed), int(stream), int(update_step)])
@@ -95,7 +112,7 @@ class PoissonSampler:
   neighboring_relation = ADD_OR_REMOVE_ONE
 
   def __init__(self, *, num_examples: int, expected_batch_size: int,
-               seed: int, pad_multiple: int = 1,
+               seed: int | None, pad_multiple: int = 1,
                max_batch_size: int | None = None):
     _check_sizes(num_examples, expected_batch_size, pad_multiple)
     if max_batch_size is not None and not (
@@ -109,7 +126,7 @@ class PoissonSampler:
       )
     self.num_examples = int(num_examples)
     self.expected_batch_size = int(expected_batch_size)
-    self.seed = int(seed)
+    self.seed = _check_seed(seed)
     self.pad_multiple = int(pad_multiple)
     self.max_batch_size = (None if max_batch_size is None
                            else int(max_batch_size))
@@ -159,11 +176,11 @@ class ShuffleSampler:
   neighboring_relation = REPLACE_ONE
 
   def __init__(self, *, num_examples: int, expected_batch_size: int,
-               seed: int, pad_multiple: int = 1):
+               seed: int | None, pad_multiple: int = 1):
     _check_sizes(num_examples, expected_batch_size, pad_multiple)
     self.num_examples = int(num_examples)
     self.expected_batch_size = int(expected_batch_size)
-    self.seed = int(seed)
+    self.seed = _check_seed(seed)
     self.pad_multiple = int(pad_multiple)
 
   @property

@@ -2,10 +2,14 @@
 
 A checkpoint holds everything the loop needs to continue bit for bit: the
 `TrainState` pytree (params, optimizer state, privatizer state with its noise
-key, averages, update step) as arrays, and a small JSON record with the data
-key, the privacy ledger and the length of `metrics.jsonl` at that moment.
-Batches need no saved position: the sampler is a pure function of (seed,
-update step), and so are the augmentation keys.
+key, averages, update step) as arrays, and a small JSON record with the
+privacy ledger and the length of `metrics.jsonl` at that moment. Batches
+need no saved position: the sampler is a pure function of (secret seed,
+update step), and so are the augmentation keys; the secret comes from the
+run's secret file (dpeq.training.secret_file).
+
+Checkpoints are SECRET: they hold the noise key, and whoever has it
+subtracts the noise. Publish `release/` (dpeq.training.release), never them.
 
 Atomicity: orbax writes each step into a temporary directory and renames it
 when complete, so a run killed at any point leaves only whole checkpoints;

@@ -69,7 +69,10 @@ def base_config() -> ConfigDict:
     A fresh, unlocked ConfigDict.
   """
   c = ConfigDict()
-  c.seed = 0  # model init, noise, batches and augmentation all derive from it
+  # PUBLIC seed of the model's initialisation only. The noise, the batches
+  # and the augmentation come from secret OS entropy (dpeq.privacy.randomness)
+  # unless dp.reproducible_seed is set.
+  c.seed = 0
 
   c.dp = ConfigDict()
   c.dp.noise_multiplier = config_dict.placeholder(float)  # None: calibrate
@@ -80,6 +83,10 @@ def base_config() -> ConfigDict:
   c.dp.sampling = "poisson"  # "poisson" | "shuffle" (own, weaker event)
   c.dp.rescale_to_unit_norm = False  # De et al.: clipped grads / C
   c.dp.non_private = False  # True: no noise, infinite epsilon (baselines)
+  # Opt-in reproducibility: noise, batches and augmentation follow from this
+  # PUBLIC seed, and the run is not private against anyone who knows it.
+  # None (the default): secret randomness from the operating system.
+  c.dp.reproducible_seed = config_dict.placeholder(int)
 
   c.training = ConfigDict()
   c.training.expected_batch_size = 256  # B = q * n; the noise divisor
@@ -119,6 +126,10 @@ def base_config() -> ConfigDict:
   # Quick runs: only the first `subset` examples of each split (train and
   # eval); n (hence q) is then the subset size.
   c.data.subset = config_dict.placeholder(int)
+  # Evaluating on a split that overlaps the training split (e.g. "valid"
+  # while training on "train_valid") is refused unless this is True; its
+  # records are then labelled as not covered by epsilon.
+  c.data.allow_eval_on_training_data = False
   c.data.augmentation = ConfigDict()
   c.data.augmentation.crop_padding = 0
   c.data.augmentation.random_flip = False
@@ -265,6 +276,11 @@ def validate(config: ConfigDict) -> None:
   _check_schema(config, base_config(), "")
   if not _is_int(config.seed) or config.seed < 0:
     _fail("seed", config.seed, "must be a non-negative integer.")
+  seed = config.dp.reproducible_seed
+  if seed is not None and (not _is_int(seed) or seed < 0):
+    _fail("dp.reproducible_seed", seed,
+          "must be None (secret randomness, the default) or a non-negative "
+          "integer (reproducible, NOT private against anyone who knows it).")
 
   # --- dp
   dp = config.dp
@@ -358,6 +374,16 @@ def validate(config: ConfigDict) -> None:
   _choice(config, "data.train_split", data_lib.SPLITS)
   _choice(config, "data.eval_split", data_lib.SPLITS)
   _choice(config, "data.source", DATA_SOURCES)
+  if not isinstance(d.allow_eval_on_training_data, bool):
+    _fail("data.allow_eval_on_training_data", d.allow_eval_on_training_data,
+          "must be True or False.")
+  if eval_overlaps_training(config) and not d.allow_eval_on_training_data:
+    _fail("data.eval_split", d.eval_split,
+          f"overlaps data.train_split={d.train_split!r}: metrics on training "
+          "examples are not covered by epsilon. Evaluate on a disjoint split "
+          "(\"test\", or \"valid\" while training on \"train\"), or set "
+          "data.allow_eval_on_training_data=True to evaluate anyway (the "
+          "records are then labelled non-private).")
   if d.source == "raw":
     if d.raw_dir is None and paths.shared_data_dir(d.dataset) is None:
       _fail("data.raw_dir", None,
@@ -428,35 +454,55 @@ def validate(config: ConfigDict) -> None:
 # Resolution.
 
 
+# Splits that share examples: "train" and "valid" are parts of "train_valid".
+_SPLIT_PARTS = {"train": {"train"}, "valid": {"valid"},
+                "train_valid": {"train", "valid"}, "test": {"test"}}
+
+
+def eval_overlaps_training(config: ConfigDict) -> bool:
+  """Whether data.eval_split shares examples with data.train_split."""
+  d = config.data
+  return bool(_SPLIT_PARTS.get(d.train_split, set())
+              & _SPLIT_PARTS.get(d.eval_split, set()))
+
+
 def make_sampler(config: ConfigDict, *, num_examples: int,
-                 pad_multiple: int = 1):
+                 seed: int | None, pad_multiple: int = 1):
   """The batch sampler of `config.dp.sampling` over `num_examples` examples.
 
   Its `dp_event` is what the run is accounted with (calibration, ledger and
   privacy.json all use it), so the guarantee matches the sampling done.
+  `seed`: the run's secret sampler seed, or None for a sampler that only
+  describes its DpEvent.
   """
   cls = {"poisson": sampling.PoissonSampler,
          "shuffle": sampling.ShuffleSampler}[config.dp.sampling]
   return cls(num_examples=num_examples,
              expected_batch_size=config.training.expected_batch_size,
-             seed=config.seed, pad_multiple=pad_multiple)
+             seed=seed, pad_multiple=pad_multiple)
 
 
 def make_ledger(config: ConfigDict, *, num_examples: int,
-                num_updates: int = 0):
-  """The PrivacyLedger of a resolved config, at `num_updates` updates."""
+                noise_dimension: int, num_updates: int = 0):
+  """The PrivacyLedger of a resolved config, at `num_updates` updates of
+  `noise_dimension` noised coordinates (the number of parameters)."""
   return accounting.PrivacyLedger(
-      sampler=make_sampler(config, num_examples=num_examples),
+      sampler=make_sampler(config, num_examples=num_examples, seed=None),
       noise_multiplier=config.dp.noise_multiplier, delta=config.dp.delta,
-      accountant=config.dp.accountant, num_updates=num_updates)
+      noise_dimension=noise_dimension, accountant=config.dp.accountant,
+      num_updates=num_updates)
 
 
 def spent_epsilon(config: ConfigDict, *, num_examples: int) -> float:
-  """Epsilon of the whole run of a resolved config (inf when non-private)."""
+  """Epsilon (at dp.delta) of the whole run of a resolved config (inf when
+  non-private)."""
   if config.dp.non_private:
     return math.inf
-  return make_ledger(config, num_examples=num_examples,
-                     num_updates=config.training.num_updates).epsilon()
+  sampler = make_sampler(config, num_examples=num_examples, seed=None)
+  return accounting.epsilon_of_event(
+      sampler.dp_event(noise_multiplier=config.dp.noise_multiplier,
+                       num_updates=config.training.num_updates),
+      delta=config.dp.delta, accountant=config.dp.accountant)
 
 
 def _calibrate_noise_multiplier(config: ConfigDict, sampler) -> float:
@@ -520,7 +566,7 @@ def resolve(config: ConfigDict, *, num_examples: int) -> ConfigDict:
   if dp.non_private:
     dp.noise_multiplier = 0.0
   else:
-    sampler = make_sampler(config, num_examples=num_examples)
+    sampler = make_sampler(config, num_examples=num_examples, seed=None)
     try:
       if dp.noise_multiplier is None:
         dp.noise_multiplier = float(

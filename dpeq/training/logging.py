@@ -4,11 +4,18 @@ Record conventions (what `dpeq.training.report` reads back):
 - every record is a flat dict with an int `step` (the optimizer update step,
   i.e. the number of updates done when the record was taken);
 - a training record carries `epsilon` (privacy spent after `step` updates)
-  and per-step values such as `loss`, `train_accuracy`, `grad_norm_mean`,
-  `fraction_clipped`, `noise_std`;
+  and per-step values such as `noise_std`, `noisy_grad_norm`,
+  `update_norm`; values computed from the NON-noised batch (loss, train
+  accuracy, realised batch size, gradient norms, fraction clipped) are not
+  covered by epsilon and carry the prefix NON_PRIVATE_PREFIX
+  ("nonprivate/loss", "nonprivate/train_accuracy", ...);
 - an evaluation record carries `params` (which parameters: "last",
   "ema_0.999", "polyak"), `accuracy` (top-1) and `top5`, `loss`, `brier`,
-  `ece`; `is_evaluation(record)` tells the two apart;
+  `ece`; `is_evaluation(record)` tells the two apart. One evaluated on a
+  split that overlaps the training data also carries
+  EVAL_ON_TRAINING_DATA = True (then it is not covered by epsilon);
+- `private_part(record)` is what may be released: the record without its
+  non-private values (None for an evaluation on training data);
 - l0-eps sparsity values use keys starting with `sparsity` (for example
   `sparsity/params/1e-3`, `sparsity/grad/1e-3`), in either kind of record.
 
@@ -31,6 +38,8 @@ import tqdm
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+NON_PRIVATE_PREFIX = "nonprivate/"
+EVAL_ON_TRAINING_DATA = "nonprivate_eval_on_training_data"
 
 _log = logging.getLogger(__name__)
 
@@ -38,6 +47,14 @@ _log = logging.getLogger(__name__)
 def is_evaluation(record: Mapping[str, Any]) -> bool:
   """True for an evaluation record (it names its `params`), else training."""
   return "params" in record and "accuracy" in record
+
+
+def private_part(record: Mapping[str, Any]) -> dict[str, Any] | None:
+  """The part of `record` covered by epsilon (None when nothing is)."""
+  if record.get(EVAL_ON_TRAINING_DATA):
+    return None
+  return {k: v for k, v in record.items()
+          if not str(k).startswith(NON_PRIVATE_PREFIX)}
 
 
 def to_python(value: Any) -> Any:
@@ -200,7 +217,8 @@ def read_records(workdir: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 class ProgressBar:
-  """A tqdm bar over update steps that shows epsilon spent and accuracy."""
+  """A tqdm bar over update steps that shows epsilon spent and the
+  (non-private) training accuracy of the last batch."""
 
   def __init__(self, *, total: int, initial: int = 0, enabled: bool = True):
     """Args: total updates of the run, the step it starts (resumes) from, and
@@ -219,13 +237,13 @@ class ProgressBar:
       step: int,
       *,
       epsilon: float | None = None,
-      accuracy: float | None = None,
+      train_accuracy: float | None = None,
   ) -> None:
     """Moves the bar to `step`; shows the latest epsilon / accuracy given."""
     if epsilon is not None:
       self._postfix["eps"] = f"{float(epsilon):.3f}"
-    if accuracy is not None:
-      self._postfix["acc"] = f"{float(accuracy):.4f}"
+    if train_accuracy is not None:
+      self._postfix["nonprivate_train_acc"] = f"{float(train_accuracy):.4f}"
     self._bar.set_postfix(self._postfix, refresh=False)
     self._bar.update(int(step) - self._bar.n)
 

@@ -15,14 +15,26 @@ devices (of all processes). Per update:
 Outputs in the workdir: config.json (the resolved config), privacy.json
 (sigma, q, T, delta, epsilon, accountant, the DpEvent), metrics.jsonl and
 TensorBoard events (dpeq.training.logging), checkpoints/ (see
-dpeq.training.checkpointing for the resume rule), report.md and plots.
+dpeq.training.checkpointing for the resume rule), report.md and plots, and
+release/ (what may be published, see below).
 
-Guarantee: the run is (epsilon, delta)-DP for the epsilon of privacy.json,
-under the adjacency of the configured sampler, for the release of every
-intermediate update (hence of all parameters, averages and metrics derived
-from them). Training metrics computed from the non-noised per-example
-statistics (loss, train accuracy, gradient norms, fraction clipped) are NOT
-covered: they are diagnostics for the person running the experiment.
+Threat model: what is SECRET is the run's randomness (the noise key and the
+sampler's seed, drawn from OS entropy: secret_randomness.json and every
+checkpoint hold it) and the non-private diagnostics; what may be RELEASED is
+release/: the final and averaged parameters, privacy.json and the private
+metrics.
+
+Guarantee: the run is (epsilon, delta)-DP for the (epsilon, delta) of
+privacy.json (delta including the noise sampler's cut tail), under the
+adjacency of the configured sampler, for the release of every intermediate
+update (hence of all parameters, averages and metrics derived from them),
+against anyone who does not know the secret randomness. Training metrics
+computed from the non-noised per-example statistics (loss, train accuracy,
+batch size, gradient norms, fraction clipped) are NOT covered: they are
+logged under the prefix "nonprivate/" as diagnostics for the person running
+the experiment, and left out of release/. With
+config.dp.reproducible_seed the randomness is public and the run is not
+private against anyone who knows that seed.
 """
 
 import json
@@ -42,7 +54,15 @@ from dpeq import models as models_lib
 from dpeq.data import batching
 from dpeq.privacy import noise
 from dpeq.privacy.sampling import BatchSelection
-from dpeq.training import checkpointing, distributed, evaluation, metrics, report
+from dpeq.training import (
+  checkpointing,
+  distributed,
+  evaluation,
+  metrics,
+  release,
+  report,
+  secret_file,
+)
 from dpeq.training import config as config_lib
 from dpeq.training import logging as run_logging
 from dpeq.training import update as update_lib
@@ -55,7 +75,8 @@ SPARSITY_EPS = (1e-5, 1e-4, 1e-3, 1e-2)
 # that shapes the updates (not where files live, nor logging and evaluation).
 _RESUME_KEYS = ("seed", "dp", "training", "model", "data")
 _RESUME_IGNORED_DATA_KEYS = ("source", "data_dir", "manual_dir", "raw_dir",
-                             "cache_dir")
+                             "cache_dir", "allow_eval_on_training_data")
+NON_PRIVATE = run_logging.NON_PRIVATE_PREFIX
 
 
 def load_data(config: config_dict.ConfigDict):
@@ -126,11 +147,12 @@ def _write_json(path: pathlib.Path, value: Any) -> None:
   os.replace(tmp, path)
 
 
-def _privacy_summary(config, ledger, sampler) -> dict[str, Any]:
+def _privacy_summary(config, ledger) -> dict[str, Any]:
   summary = ledger.to_dict()
   summary["target_epsilon"] = config.dp.target_epsilon
   summary["non_private"] = config.dp.non_private
-  summary["dp_event"] = repr(sampler.dp_event(
+  summary["reproducible_seed"] = config.dp.reproducible_seed
+  summary["dp_event"] = repr(ledger.sampler.dp_event(
       noise_multiplier=config.dp.noise_multiplier,
       num_updates=ledger.num_updates))
   return summary
@@ -156,12 +178,14 @@ class _Run:
           f"config.eval.batch_size={cfg.eval.batch_size} must be a multiple "
           f"of the {self.num_devices} devices.")
     self.rows_per_micro_step = cfg.training.micro_batch_size * self.num_devices
-    self.sampler = config_lib.make_sampler(
-        cfg, num_examples=len(self.train_set),
-        pad_multiple=self.rows_per_micro_step)
+    self.eval_on_training_data = config_lib.eval_overlaps_training(cfg)
 
-  def build(self) -> None:
-    """Model, private update, jitted steps and the initial TrainState."""
+  def build(self, randomness) -> None:
+    """Sampler, model, private update, jitted steps and the initial
+    TrainState; `randomness` is the run's RunRandomness."""
+    self.sampler = config_lib.make_sampler(
+        self.config, num_examples=len(self.train_set),
+        seed=randomness.sampler_seed(), pad_multiple=self.rows_per_micro_step)
     cfg, info = self.config, self.train_set.info
     try:
       self.model = models_lib.create(cfg.model.name,
@@ -182,9 +206,10 @@ class _Run:
         config=self.dp_config,
         views_fn=data_lib.views_fn(config_lib.augment_config(cfg), info.mean,
                                    info.std))
-    init_key, noise_key, self.data_key = jax.random.split(
-        jax.random.key(cfg.seed), 3)
-    self._compile(init_key, noise_key, info.image_shape)
+    # The model's initialisation is public; noise and augmentation are not.
+    self.data_key = randomness.augmentation_key()
+    self._compile(jax.random.key(cfg.seed), randomness.noise_key(),
+                  info.image_shape)
 
   def _compile(self, init_key, noise_key, image_shape):
     """Jitted pieces with their shardings (params replicated, rows split)."""
@@ -252,14 +277,13 @@ class _Run:
     m = distributed.to_host(update_metrics)
     count = max(int(clipped.num_examples), 1)
     finite = max(int(clipped.num_examples - clipped.num_nonfinite), 1)
+    m = {k.removeprefix(update_lib.NON_PRIVATE_PREFIX): v for k, v in m.items()}
     mean_norm = float(m["mean_grad_norm"])
     variance = max(float(stats["norm_sq_sum"]) / finite - mean_norm ** 2, 0.0)
     noise_norm = float(m["noise_std"]) * math.sqrt(self.num_params)
     clipped_sum_norm = (float(m["clipped_grad_norm"])
                         * self.dp_config.expected_batch_size)
-    return {
-        "step": step,
-        "epsilon": ledger.epsilon(),
+    diagnostics = {  # of the non-noised batch: NOT covered by epsilon
         "loss": float(stats["loss_sum"]) / count,
         "train_accuracy": float(stats["correct_sum"]) / count,
         "batch_size": int(clipped.num_examples),
@@ -269,14 +293,20 @@ class _Run:
         "grad_norm_min": float(stats["norm_min"]),
         "grad_norm_max": float(m["max_grad_norm"]),
         "fraction_clipped": float(m["fraction_clipped"]),
-        "noise_std": float(m["noise_std"]),
         # ||clipped sum|| / E||noise|| (E||noise|| ~ sigma C sqrt(d)).
         "signal_to_noise": (clipped_sum_norm / noise_norm if noise_norm
                             else math.inf),
         "clipped_grad_norm": float(m["clipped_grad_norm"]),
+    }
+    return {
+        "step": step,
+        "epsilon": ledger.epsilon(),
+        "noise_std": float(m["noise_std"]),
+        # Post-processing of the noisy mean gradient: private.
         "noisy_grad_norm": float(m["noisy_grad_norm"]),
         "update_norm": float(m["update_norm"]),
         **_sparsity_record("grad", m["grad_sparsity"]),
+        **{NON_PRIVATE + key: value for key, value in diagnostics.items()},
     }
 
   def evaluation_records(self, step, epsilon):
@@ -293,6 +323,8 @@ class _Run:
                 "accuracy": result["top1"], "top5": result["top5"],
                 "loss": result["loss"], "brier": result["brier"],
                 "ece": result["ece"]}
+      if self.eval_on_training_data:
+        record[run_logging.EVAL_ON_TRAINING_DATA] = True
       record.update(_sparsity_record(
           "params", distributed.to_host(self.param_sparsity(params))))
       records.append(record)
@@ -335,10 +367,17 @@ def _restore(run: _Run, checkpointer, ledger, metrics_path,
   """
   metrics_bytes = 0
   if step is not None:
+    fresh_key = run.state.privatizer_state.key
     run.state, record = checkpointer.restore(step, like=run.state)
-    run.data_key = jax.random.wrap_key_data(
-        np.asarray(record["data_key"], np.uint32),
-        impl=jax.random.key_impl(run.data_key))
+    restored_key = run.state.privatizer_state.key
+    if not np.array_equal(
+        distributed.to_host(jax.random.key_data(restored_key)),
+        distributed.to_host(jax.random.key_data(fresh_key))):
+      raise ConfigError(
+          f"the checkpoint of update {step} holds a noise key that does not "
+          f"follow from this workdir's {secret_file.SECRET_FILE} (or "
+          "config.dp.reproducible_seed): the file was replaced. Restore it, "
+          "or start a fresh --workdir.")
     ledger.record(record["ledger"]["num_updates"])
     metrics_bytes = record["metrics_bytes"]
   step = step or 0
@@ -353,19 +392,23 @@ def _announce(run: _Run, workdir: pathlib.Path, start: int) -> None:
   """Writes config.json and privacy.json; prints the config, sigma and T."""
   cfg, T = run.config, run.num_updates
   full_run = config_lib.make_ledger(cfg, num_examples=len(run.train_set),
+                                    noise_dimension=run.num_params,
                                     num_updates=T)
   _write_json(workdir / CONFIG_FILE, cfg.to_dict())
-  _write_json(workdir / PRIVACY_FILE,
-              _privacy_summary(cfg, full_run, run.sampler))
+  _write_json(workdir / PRIVACY_FILE, _privacy_summary(cfg, full_run))
   print(f"Resolved config:\n{cfg}")
   print(f"noise_multiplier (sigma) = {cfg.dp.noise_multiplier:.6g}, "
         f"num_updates (T) = {T}, sampling rate q = "
         f"{run.sampler.sampling_rate:.6g}, epsilon = "
-        f"{full_run.epsilon():.6g} at delta = {cfg.dp.delta:g} "
+        f"{full_run.epsilon():.6g} at delta = {full_run.total_delta():.6g} "
         f"({cfg.dp.accountant}, {cfg.dp.sampling}); {run.num_devices} "
         f"device(s), {jax.process_count()} process(es); "
         + (f"resuming at update {start}." if start else "starting."),
         flush=True)
+  if cfg.dp.reproducible_seed is not None:
+    print(f"WARNING: config.dp.reproducible_seed={cfg.dp.reproducible_seed}: "
+          "the noise and the batches follow from this public seed; the run "
+          "is NOT private against anyone who knows it.", flush=True)
 
 
 def train(config: config_dict.ConfigDict, *, workdir: str | os.PathLike
@@ -377,7 +420,8 @@ def train(config: config_dict.ConfigDict, *, workdir: str | os.PathLike
     workdir: the run directory (created; an earlier run there is resumed).
 
   Returns:
-    Final metrics: "epsilon", "noise_multiplier", "num_updates", and per
+    Final metrics: "epsilon", "delta" (the guarantee, delta including the
+    noise sampler's cut tail), "noise_multiplier", "num_updates", and per
     evaluated params NAME: "NAME/accuracy", "NAME/top5", "NAME/loss",
     "NAME/brier", "NAME/ece".
 
@@ -394,11 +438,15 @@ def train(config: config_dict.ConfigDict, *, workdir: str | os.PathLike
   workdir.mkdir(parents=True, exist_ok=True)
   run = _Run(config)
   cfg, T = run.config, run.num_updates
-  ledger = config_lib.make_ledger(cfg, num_examples=len(run.train_set))
   checkpointer = checkpointing.Checkpointer(workdir, keep=cfg.checkpoint.keep)
   metrics_path = workdir / run_logging.METRICS_FILE
   latest = _latest_compatible_step(run, checkpointer)
-  run.build()
+  randomness = secret_file.load_or_create(
+      workdir, reproducible_seed=cfg.dp.reproducible_seed,
+      resuming=latest is not None)
+  run.build(randomness)
+  ledger = config_lib.make_ledger(cfg, num_examples=len(run.train_set),
+                                  noise_dimension=run.num_params)
   start = _restore(run, checkpointer, ledger, metrics_path, latest)
   if run.is_chief:
     _announce(run, workdir, start)
@@ -412,9 +460,9 @@ def train(config: config_dict.ConfigDict, *, workdir: str | os.PathLike
   fingerprint = _resume_fingerprint(cfg)
 
   def save(step):
+    # The record holds no key: the randomness follows from the secret file.
     checkpointer.save(step, state=run.state, record={
         "config": fingerprint,
-        "data_key": np.asarray(jax.random.key_data(run.data_key)).tolist(),
         "ledger": {"num_updates": ledger.num_updates},
         "metrics_bytes": checkpointing.metrics_length(metrics_path),
     })
@@ -440,16 +488,21 @@ def train(config: config_dict.ConfigDict, *, workdir: str | os.PathLike
         record = run.training_record(done, ledger, total, update_metrics)
         write(record)
         bar.update(done, epsilon=record["epsilon"],
-                   accuracy=record["train_accuracy"])
+                   train_accuracy=record[NON_PRIVATE + "train_accuracy"])
       if eval_due and done < T:
         evaluate(done)
       if done == T or (cfg.checkpoint.every_updates
                        and done % cfg.checkpoint.every_updates == 0):
         save(done)
     final_records = evaluate(T)
-    privacy = _privacy_summary(cfg, ledger, run.sampler)
+    privacy = _privacy_summary(cfg, ledger)
     if run.is_chief:
       _write_json(workdir / PRIVACY_FILE, privacy)
+      release.write_release(
+          workdir, config=cfg.to_dict(), privacy=privacy,
+          params={name: distributed.to_host(
+              run.state.params if name == "last" else run.state.averages[name])
+                  for name in ["last", *run.state.averages]})
   finally:
     bar.close()
     if writer is not None:
@@ -457,7 +510,7 @@ def train(config: config_dict.ConfigDict, *, workdir: str | os.PathLike
     checkpointer.close()
   if run.is_chief:
     report.write_report(workdir)
-  final = {"epsilon": privacy["epsilon"],
+  final = {"epsilon": privacy["epsilon"], "delta": privacy["delta"],
            "noise_multiplier": cfg.dp.noise_multiplier, "num_updates": T}
   for record in final_records:
     for key in ("accuracy", "top5", "loss", "brier", "ece"):

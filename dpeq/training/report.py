@@ -27,13 +27,16 @@ from matplotlib.backends import backend_agg
 from matplotlib.figure import Figure
 
 from dpeq.training import logging as run_logging
+from dpeq.training import release
 
 REPORT_FILE = "report.md"
 LOSS_ACCURACY_PLOT = "loss_accuracy.png"
 EPSILON_PLOT = "epsilon.png"
 SPARSITY_PLOT = "sparsity.png"
 SPARSITY_PREFIX = "sparsity"
-TRAIN_ACCURACY_KEYS = ("train_accuracy", "accuracy")
+NON_PRIVATE = run_logging.NON_PRIVATE_PREFIX
+TRAIN_LOSS_KEY = NON_PRIVATE + "loss"
+TRAIN_ACCURACY_KEYS = (NON_PRIVATE + "train_accuracy", "accuracy")
 EVAL_COLUMNS = (  # (record key, column title, formatter)
     ("accuracy", "top-1", "percent"),
     ("top5", "top-5", "percent"),
@@ -134,7 +137,7 @@ def _save(figure: Figure, path: pathlib.Path) -> None:
 
 
 def _plot_loss_accuracy(series: _Series, path: pathlib.Path) -> bool:
-  train_loss = series.train_curve("loss")
+  train_loss = series.train_curve(TRAIN_LOSS_KEY)
   train_acc = next(
       (c for c in map(series.train_curve, TRAIN_ACCURACY_KEYS) if c[0].size),
       (np.zeros(0), np.zeros(0)),
@@ -148,11 +151,13 @@ def _plot_loss_accuracy(series: _Series, path: pathlib.Path) -> bool:
   if train_loss[0].size:
     smooth = _smooth(train_loss[1])
     if smooth is not train_loss[1]:
-      ax_loss.plot(*train_loss, color="0.75", lw=0.8, label="train (per update)")
-    ax_loss.plot(train_loss[0], smooth, color="0.25", lw=1.5, label="train")
+      ax_loss.plot(*train_loss, color="0.75", lw=0.8,
+                   label="train batch, non-private (per update)")
+    ax_loss.plot(train_loss[0], smooth, color="0.25", lw=1.5,
+                 label="train batch, non-private")
   if train_acc[0].size:
     ax_acc.plot(train_acc[0], _smooth(train_acc[1]), color="0.25", lw=1.5,
-                label="train, view 0")
+                label="train batch, view 0, non-private")
   for params in _params_order(series.eval):
     if eval_loss[params][0].size:
       ax_loss.plot(*eval_loss[params], marker="o", ms=3, label=f"eval: {params}")
@@ -296,7 +301,13 @@ def _setup_section(config: Mapping[str, Any] | None) -> list[str]:
                     f"weight decay {optimizer.get('weight_decay')}"),
       ("EMA decays / Polyak", f"{_get(config, 'training.ema_decays')} / "
                               f"{_get(config, 'training.polyak')}"),
-      ("seed", _get(config, "seed")),
+      ("model initialisation seed (public)", _get(config, "seed")),
+      ("noise and batch randomness",
+       "secret (operating-system entropy)"
+       if _get(config, "dp.reproducible_seed") is None else
+       f"REPRODUCIBLE from the public seed "
+       f"{_get(config, 'dp.reproducible_seed')}: not private against anyone "
+       "who knows it"),
   ]
   return lines + _table(["", "value"], [(k, _format(v)) for k, v in rows]) + [""]
 
@@ -318,6 +329,10 @@ def _privacy_section(config, privacy, series: _Series) -> list[str]:
       if all(isinstance(v, int | float) for v in (sigma, clip, batch))
       else None
   )
+  seed = _get(config, "dp.reproducible_seed")
+  lines += [release.THREAT_MODEL, ""]
+  if seed is not None:
+    lines += ["**" + release.REPRODUCIBLE_WARNING.format(seed=seed) + "**", ""]
   rows = [
       ("noise multiplier sigma", sigma),
       ("updates T", privacy.get("num_updates",
@@ -327,7 +342,11 @@ def _privacy_section(config, privacy, series: _Series) -> list[str]:
       ("training examples n", privacy.get("num_examples")),
       ("clip norm C", clip),
       ("noise std on the mean gradient (sigma C / B)", noise_on_mean),
-      ("delta", privacy.get("delta", _get(config, "dp.delta"))),
+      ("**delta** (accountant + noise sampler's cut tail)",
+       privacy.get("delta", _get(config, "dp.delta"))),
+      ("delta of the accountant", privacy.get("accountant_delta")),
+      ("delta of the float32 noise's cut tail",
+       privacy.get("noise_tail_delta")),
       ("accountant", privacy.get("accountant", _get(config, "dp.accountant"))),
       ("target epsilon", _get(config, "dp.target_epsilon")),
       ("**epsilon spent**", spent),
@@ -339,24 +358,40 @@ def _privacy_section(config, privacy, series: _Series) -> list[str]:
   return lines + _table(["", "value"], [(k, _format(v)) for k, v in rows]) + [""]
 
 
-def _metrics_section(series: _Series) -> list[str]:
+def _metrics_section(series: _Series, config) -> list[str]:
   lines = ["## Final metrics", ""]
   if not series.eval:
     lines += ["No evaluation records in `metrics.jsonl`.", ""]
   else:
-    rows = []
+    rows, on_training_data = [], False
     for params in _params_order(series.eval):
       final = series.eval[params][-1]
+      on_training_data |= bool(final.get(run_logging.EVAL_ON_TRAINING_DATA))
       rows.append([f"`{params}`", _format(final["step"])]
                   + [_format(final.get(key), how) for key, _, how in EVAL_COLUMNS])
     header = ["params", "step"] + [title for _, title, _ in EVAL_COLUMNS]
+    if on_training_data:
+      lines += [
+          f"**Not covered by epsilon:** evaluated on "
+          f"`{_get(config, 'data.eval_split')}`, which overlaps the training "
+          f"split `{_get(config, 'data.train_split')}` "
+          "(`data.allow_eval_on_training_data=True`).", ""]
     lines += _table(header, rows) + [""]
   if series.train:
     last = series.train[-1]
-    rows = [(k, _format(v)) for k, v in last.items()
-            if k != "step" and not isinstance(v, list | dict)]
-    lines += [f"Last training record (update step {last['step']}):", ""]
-    lines += _table(["", "value"], rows) + [""]
+    values = [(k, v) for k, v in last.items()
+              if k != "step" and not isinstance(v, list | dict)]
+    private = [(k, _format(v)) for k, v in values
+               if not k.startswith(NON_PRIVATE)]
+    diagnostics = [(k[len(NON_PRIVATE):], _format(v)) for k, v in values
+                   if k.startswith(NON_PRIVATE)]
+    lines += [f"Last training record (update step {last['step']}), private "
+              "values (functions of the noisy updates):", ""]
+    lines += _table(["", "value"], private) + [""]
+    if diagnostics:
+      lines += ["Non-private diagnostics of the same (non-noised) batch, "
+                "**not covered by epsilon** and not for publication:", ""]
+      lines += _table(["", "value"], diagnostics) + [""]
   return lines
 
 
@@ -381,7 +416,7 @@ def write_report(workdir: str | os.PathLike) -> pathlib.Path:
   lines = [f"# dpeq run report: {title}", ""]
   lines += _setup_section(config)
   lines += _privacy_section(config, privacy, series)
-  lines += _metrics_section(series)
+  lines += _metrics_section(series, config)
 
   plots = []
   target = _get(config, "dp.target_epsilon")

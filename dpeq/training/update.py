@@ -26,8 +26,11 @@ import optax
 
 from dpeq.privacy import clipping, noise
 from dpeq.training import averaging
+from dpeq.training import logging as run_logging
 
 PyTree = Any
+# Metrics of the non-noised batch, not covered by epsilon, carry this prefix.
+NON_PRIVATE_PREFIX = run_logging.NON_PRIVATE_PREFIX
 ViewsFn = Callable[[jax.Array, PyTree], PyTree]
 
 
@@ -155,7 +158,8 @@ def make_private_update(
       clipped_grads(params, batch, mask, *, key) -> ClippedGradSum of one
         micro-batch (key: augmentation key);
       apply(state, clipped) -> (TrainState, metrics): the ONLY place where
-        noise is drawn and the update step advances; it reads only the
+        noise is drawn and the update step advances (metrics of the
+        non-noised batch carry the prefix "nonprivate/"); it reads only the
         fixed-shape fields of `clipped` (jit it on clipped.totals() when the
         number of micro-batches varies);
       update(state, batch, mask, *, key) -> (TrainState, metrics): one
@@ -210,19 +214,24 @@ def make_private_update(
                            averages=averages,
                            update_step=state.update_step + 1)
     finite = jnp.maximum(clipped.num_examples - clipped.num_nonfinite, 1)
-    metrics = {
-        "update_step": new_state.update_step,
+    # Of the non-noised batch: NOT covered by epsilon (diagnostics only).
+    diagnostics = {
         "num_examples": clipped.num_examples,
         "num_nonfinite": clipped.num_nonfinite,
         "fraction_clipped": clipped.num_clipped / finite,
         "mean_grad_norm": clipped.norm_sum / finite,
         "max_grad_norm": clipped.norm_max,
-        "noise_std": jnp.asarray(config.noise_multiplier * sensitivity,
-                                 jnp.float32),
         "clipped_grad_norm": optax.tree.norm(clipped.grad_sum)
                              / config.expected_batch_size,
+    }
+    metrics = {
+        "update_step": new_state.update_step,
+        "noise_std": jnp.asarray(config.noise_multiplier * sensitivity,
+                                 jnp.float32),
+        # Functions of the noisy mean: private (post-processing).
         "noisy_grad_norm": optax.tree.norm(noisy_mean),
         "update_norm": optax.tree.norm(updates),
+        **{NON_PRIVATE_PREFIX + k: v for k, v in diagnostics.items()},
     }
     return new_state, metrics
 

@@ -116,7 +116,8 @@ def test_ledger_reports_the_epsilon_of_the_updates_so_far():
   sampler = sampling.PoissonSampler(num_examples=50_000,
                                     expected_batch_size=500, seed=0)
   ledger = accounting.PrivacyLedger(sampler=sampler, noise_multiplier=2.0,
-                                    delta=DELTA, **FAST)
+                                    delta=DELTA, noise_dimension=10**6,
+                                    **FAST)
   assert ledger.epsilon() == 0.0
   previous = 0.0
   for _ in range(3):
@@ -132,8 +133,15 @@ def test_ledger_reports_the_epsilon_of_the_updates_so_far():
   summary = ledger.to_dict()
   assert summary["epsilon"] == ledger.epsilon_at(100)
   assert summary["neighboring_relation"] == "add_or_remove_one"
+  # The reported delta adds the float32 sampler's cut tail to the
+  # accountant's: (1 + e^eps) * T * ceil(d / 2) * 2^-96.
+  tail = (1 + math.exp(ledger.epsilon())) * 100 * 500_000 * 2.0 ** -96
+  assert summary["noise_tail_delta"] == pytest.approx(tail)
+  assert summary["delta"] == DELTA + summary["noise_tail_delta"] > DELTA
+  assert summary["accountant_delta"] == DELTA
   resumed = accounting.PrivacyLedger(sampler=sampler, noise_multiplier=2.0,
-                                     delta=DELTA, num_updates=100, **FAST)
+                                     delta=DELTA, noise_dimension=10**6,
+                                     num_updates=100, **FAST)
   assert resumed.epsilon() == ledger.epsilon()
 
 
@@ -142,7 +150,7 @@ def test_delta_not_below_one_over_n_warns():
                                     seed=0)
   with pytest.warns(UserWarning, match="1/num_examples"):
     accounting.PrivacyLedger(sampler=sampler, noise_multiplier=1.0,
-                             delta=1e-3)
+                             delta=1e-3, noise_dimension=10)
 
 
 def test_failed_to_converge_warnings_are_silenced(caplog):

@@ -79,3 +79,83 @@ def test_bad_arguments_are_rejected(kwargs):
   args.update(kwargs)
   with pytest.raises(ValueError, match=next(iter(kwargs))):
     noise.gaussian_privatizer(**args)
+
+
+# ----------------------------------------------------------------------------
+# The wide-tailed sampler (float32 noise whose support reaches ~11.6 sigma).
+
+
+def test_privatizer_draws_its_noise_from_the_wide_tailed_sampler():
+  grad_sum = _zeros()
+  privatizer = _privatizer(key=5)
+  state = privatizer.init(grad_sum)
+  out, _ = jax.jit(privatizer.update)(grad_sum, state)
+  step_key = jax.random.fold_in(jax.random.key(5), 0)
+  size = _flat(grad_sum).size
+  expected = SIGMA * SENSITIVITY * np.asarray(
+      noise.standard_normal(step_key, size)) / EXPECTED_BATCH
+  np.testing.assert_allclose(_flat(out), expected, rtol=1e-6, atol=1e-12)
+
+
+def test_extreme_quantiles_of_the_radius_match_the_gaussian():
+  # Box-Muller: the radius R of a pair is Rayleigh, P(R > r) = exp(-r^2 / 2),
+  # so the word pattern with radius uniform u = p must give r = sqrt(-2 ln p).
+  # p = 2^-k for k up to 96 covers the tail down to 1.3e-29 per pair.
+  for k in list(range(1, 97, 5)) + [96]:
+    total = 2 ** 96 >> k  # u = total / 2^96 = 2^-k (before the + 1/2 cell)
+    words = [(total >> 64) & 0xFFFFFFFF, (total >> 32) & 0xFFFFFFFF,
+             total & 0xFFFFFFFF]
+    bits = np.array([[w] for w in words] + [[0]], np.uint32)
+    cell = (total + 0.5) / 2.0 ** 96
+    radius = float(np.hypot(*np.asarray(
+        noise.standard_normal_from_bits(jnp.asarray(bits)))[:, 0]))
+    assert radius == pytest.approx(np.sqrt(-2 * np.log(cell)), rel=2e-6), k
+  # The largest draw the sampler can make, vs what float32 erfinv can make.
+  zeros = jnp.zeros((4, 1), jnp.uint32)
+  largest = float(noise.standard_normal_from_bits(zeros)[0, 0])
+  assert largest == pytest.approx(noise.MAX_ABS_DRAW, rel=1e-6)
+  assert largest > 11.5
+  # P(|Z| > 11.5) = 1.2e-30: the cut tail is negligible against any delta.
+  assert 2 * stats.norm.sf(11.5) < 1e-29
+
+
+def test_conditional_tail_beyond_nine_sigma_is_rayleigh():
+  # Force the first two radius words to 0: u < 2^-64, i.e. the pair's radius
+  # is conditioned on R > r0 = sqrt(128 ln 2) ~ 9.42. There the Gaussian
+  # says P(R > r | R > r0) = exp(-(r^2 - r0^2) / 2): a KS test on the draws
+  # checks the sampler's distribution in the 9.4-11.6 sigma tail itself.
+  n = 20_000
+  rest = jax.random.bits(jax.random.key(11), (2, n), jnp.uint32)
+  bits = jnp.concatenate([jnp.zeros((2, n), jnp.uint32), rest])
+  pairs = np.asarray(noise.standard_normal_from_bits(bits), np.float64)
+  radius = np.hypot(pairs[0], pairs[1])
+  r0_sq = 128 * np.log(2)
+  excess = (radius ** 2 - r0_sq) / 2  # Exp(1) under the Gaussian
+  assert excess.min() > -1e-3 and radius.max() <= noise.MAX_ABS_DRAW + 1e-4
+  assert stats.kstest(excess, stats.expon().cdf).pvalue > 1e-4
+  # The test has power: a tail 10% thinner in r^2 is rejected.
+  assert stats.kstest(excess * 1.1, stats.expon().cdf).pvalue < 1e-6
+
+
+def test_bulk_and_moderate_tail_match_the_gaussian():
+  n = 1 << 21
+  draws = np.asarray(noise.standard_normal(jax.random.key(2), n), np.float64)
+  assert draws.shape == (n,)
+  assert stats.kstest(draws, stats.norm().cdf).pvalue > 1e-4
+  # Tail frequencies P(|Z| > t) within 5 binomial standard errors.
+  for t in (1.0, 2.0, 3.0, 4.0):
+    p = 2 * stats.norm.sf(t)
+    count = np.sum(np.abs(draws) > t)
+    assert abs(count - n * p) < 5 * np.sqrt(n * p * (1 - p)) + 1, t
+  # The two draws of a pair are uncorrelated, and odd sizes work.
+  assert abs(np.corrcoef(draws[:n // 2], draws[n // 2:])[0, 1]) < 5 / np.sqrt(n)
+  assert noise.standard_normal(jax.random.key(2), 7).shape == (7,)
+
+
+def test_noise_tail_delta_is_the_union_bound():
+  got = noise.noise_tail_delta(epsilon=2.0, num_updates=1000, dimension=101)
+  assert got == pytest.approx((1 + np.exp(2.0)) * 1000 * 51 * 2.0 ** -96)
+  assert noise.noise_tail_delta(epsilon=2.0, num_updates=0, dimension=5) == 0
+  # A large run: still far below any delta worth stating.
+  assert noise.noise_tail_delta(epsilon=8.0, num_updates=10 ** 5,
+                                dimension=25 * 10 ** 6) < 1e-12

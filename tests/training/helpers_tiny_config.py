@@ -5,7 +5,9 @@ Used in-process (`get_config()`) and by the CLI
 comma-separated list of key=value among:
   updates (int, default 8), micro (per-device micro-batch, default 32),
   subset (examples per split, default 1024), calibrate (0 or 1, default 0:
-  sigma = 1 and epsilon follows; 1: sigma calibrated to epsilon 3).
+  sigma = 1 and epsilon follows; 1: sigma calibrated to epsilon 3),
+  reproducible (int seed, default -1: secret randomness from the OS; >= 0:
+  config.dp.reproducible_seed, for runs that must match each other).
 The data come from ../shared/data/fashion_mnist (the original files).
 """
 
@@ -14,7 +16,8 @@ from dpeq.training import config as config_lib
 
 
 def get_config(arg: str = ""):
-  options = dict(updates=8, micro=32, subset=1024, calibrate=0)
+  options = dict(updates=8, micro=32, subset=1024, calibrate=0,
+                 reproducible=-1)
   for pair in filter(None, arg.split(",")):
     key, value = pair.split("=")
     options[key] = int(value)
@@ -26,6 +29,8 @@ def get_config(arg: str = ""):
   c.data.raw_dir = None if raw_dir is None else str(raw_dir)
   c.data.subset = options["subset"]
   c.model.name = "cnn_tramer"
+  if options["reproducible"] >= 0:
+    c.dp.reproducible_seed = options["reproducible"]
   # RDP keeps the per-step ledger and the calibration cheap.
   c.dp.accountant = "rdp"
   if options["calibrate"]:

@@ -28,7 +28,7 @@ def _run(workdir, *overrides, config=None):
   if config is not None:
     command[3] = f"--config={config}"
   return subprocess.run(command, cwd=paths.REPO_ROOT, capture_output=True,
-                        text=True, env=helpers_runner.cli_env(), timeout=300,
+                        text=True, env=helpers_runner.cli_env(),
                         check=False)
 
 

@@ -42,6 +42,7 @@ def test_base_config_is_valid_and_complete():
   for field in ("seed", "dp.noise_multiplier", "dp.target_epsilon", "dp.delta",
                 "dp.l2_clip_norm", "dp.accountant", "dp.sampling",
                 "dp.rescale_to_unit_norm", "dp.non_private",
+                "dp.reproducible_seed", "data.allow_eval_on_training_data",
                 "training.expected_batch_size", "training.micro_batch_size",
                 "training.num_updates", "training.augmult",
                 "training.optimizer.nesterov", "training.lr_schedule.scales",
@@ -73,8 +74,13 @@ MALFORMED = [
     (dict(dp__sampling="fixed"), "config.dp.sampling='fixed'"),
     (dict(data__source="raw", data__raw_dir="/nonexistent/fmnist"),
      "config.data.raw_dir='/nonexistent/fmnist': does not exist"),
-    (dict(data__dataset="cifar10", data__source="raw"),
+    (dict(data__dataset="cifar100", data__source="raw"),
      "config.data.raw_dir=None: must point"),
+    (dict(data__eval_split="valid"),
+     "config.data.eval_split='valid': overlaps data.train_split"),
+    (dict(data__train_split="train", data__eval_split="train"),
+     "data.allow_eval_on_training_data=True"),
+    (dict(dp__reproducible_seed=-1), "config.dp.reproducible_seed=-1"),
     (dict(data__dataset="cifar11"), "config.data.dataset='cifar11'"),
     (dict(model__kwargs__depth=16), "config.model.kwargs.depth=16: is not an"),
     (dict(training__optimizer__name="adam",
@@ -107,6 +113,23 @@ def test_malformed_config_gives_specific_message(overrides, fragment):
     config_lib.validate(_config(**overrides))
   assert fragment in str(info.value)
   assert isinstance(info.value, ValueError)
+
+
+def test_eval_on_training_data_only_when_allowed():
+  for train, evaluate, overlaps in (
+      ("train", "valid", False), ("train_valid", "test", False),
+      ("train", "test", False), ("train_valid", "valid", True),
+      ("train_valid", "train", True), ("valid", "train_valid", True),
+      ("test", "test", True)):
+    config = _config(data__train_split=train, data__eval_split=evaluate,
+                     data__allow_eval_on_training_data=True)
+    config_lib.validate(config)
+    assert config_lib.eval_overlaps_training(config) == overlaps, (train,
+                                                                   evaluate)
+    if overlaps:
+      config.data.allow_eval_on_training_data = False
+      with pytest.raises(config_lib.ConfigError, match="overlaps"):
+        config_lib.validate(config)
 
 
 def test_unknown_field_is_rejected_with_its_name():

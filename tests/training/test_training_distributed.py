@@ -5,13 +5,16 @@ Global micro-batches have 64 rows everywhere (64 x 1 device, 8 x 8 devices,
 only the order of the cross-device gradient sums differs (float rounding).
 """
 
+import shutil
+import time
+
 import helpers_runner
 import helpers_tiny_config
 import jax
 import numpy as np
 import pytest
 
-from dpeq.training import checkpointing, loop
+from dpeq.training import checkpointing, loop, secret_file
 
 NUM_UPDATES = 4
 GLOBAL_MICRO_BATCH = 64
@@ -30,24 +33,35 @@ def _assert_same_run(workdir, reference, what: str) -> None:
                       if "params" not in r]
   assert len(records) == len(expected_records) == NUM_UPDATES, what
   for r, e in zip(records, expected_records, strict=True):
-    assert r["batch_size"] == e["batch_size"], what  # the same batches
+    assert (r["nonprivate/batch_size"] == e["nonprivate/batch_size"]), what
     assert r["epsilon"] == e["epsilon"], what
-    assert r["loss"] == pytest.approx(e["loss"], rel=1e-5), what
+    assert r["nonprivate/loss"] == pytest.approx(e["nonprivate/loss"],
+                                                 rel=1e-5), what
+
+
+def _wait_for_file(path, processes) -> None:
+  """Waits (on the file, not the clock) until `path` exists; fails early if
+  a process ends first."""
+  while not path.exists():
+    for process, log in processes:
+      if process.poll() is not None:
+        helpers_runner.wait_ok(process, log)  # fails with the log if != 0
+        if not path.exists():
+          raise AssertionError(f"{path} was not written:\n"
+                               + log.read_text()[-3000:])
+    time.sleep(0.05)
 
 
 def test_eight_devices_and_two_processes_match_one_device(fashion_mnist_dir,
                                                           tmp_path):
   cache = f"--config.data.cache_dir={tmp_path / 'data_cache'}"
   arg = f"updates={NUM_UPDATES}"
-  # 8 simulated CPU devices in one process.
-  eight = tmp_path / "eight_devices"
   logs = {name: tmp_path / f"{name}.log" for name in ("eight", "p0", "p1")}
-  runs = [(helpers_runner.start_cli(
-      eight, f"{arg},micro={GLOBAL_MICRO_BATCH // 8}", cache, num_devices=8,
-      log_path=logs["eight"]), logs["eight"])]
-  # 2 processes x 2 devices, joined through jax.distributed on 127.0.0.1.
+  # 2 processes x 2 devices, joined through jax.distributed on 127.0.0.1, with
+  # secret randomness: process 0 draws it and broadcasts it to process 1.
   two = tmp_path / "two_processes"
   port = helpers_runner.free_port()
+  runs = []
   for process_id in (0, 1):
     log = logs[f"p{process_id}"]
     runs.append((helpers_runner.start_cli(
@@ -56,13 +70,25 @@ def test_eight_devices_and_two_processes_match_one_device(fashion_mnist_dir,
         "--config.distributed.num_processes=2",
         f"--config.distributed.process_id={process_id}", num_devices=2,
         log_path=log), log))
+  # The other runs take the same secret (as a run restarted before its first
+  # checkpoint does), so batches, augmentation and noise are the same.
+  secret = two / secret_file.SECRET_FILE
+  _wait_for_file(secret, runs)
+  eight = tmp_path / "eight_devices"
+  reference = tmp_path / "reference"
+  for workdir in (eight, reference):
+    workdir.mkdir()
+    shutil.copy(secret, workdir / secret_file.SECRET_FILE)
+  # 8 simulated CPU devices in one process.
+  runs.append((helpers_runner.start_cli(
+      eight, f"{arg},micro={GLOBAL_MICRO_BATCH // 8}", cache, num_devices=8,
+      log_path=logs["eight"]), logs["eight"]))
 
   # Meanwhile, the reference on this process's device(s).
   config = helpers_tiny_config.get_config(
       f"{arg},micro={GLOBAL_MICRO_BATCH // jax.device_count()}")
   config.data.raw_dir = str(fashion_mnist_dir)
   config.data.cache_dir = str(tmp_path / "reference_cache")
-  reference = tmp_path / "reference"
   try:
     loop.train(config, workdir=reference)
   finally:

@@ -87,7 +87,7 @@ def test_tensorboard_without_tensorflow_warns_and_still_logs(
 def test_progress_bar_shows_step_epsilon_and_accuracy(capsys):
   with dpeq_logging.ProgressBar(total=10, initial=2) as bar:
     bar.update(5, epsilon=1.23456)
-    bar.update(7, accuracy=0.5)
+    bar.update(7, train_accuracy=0.5)
   err = capsys.readouterr().err
   assert "7/10" in err
   assert "eps=1.235" in err and "acc=0.5000" in err

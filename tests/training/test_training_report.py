@@ -19,7 +19,8 @@ def _write_run(workdir, *, sparsity=True):
   config.dp.noise_multiplier = 1.25
   config.training.num_updates = 40
   (workdir / "config.json").write_text(json.dumps(config.to_dict()))
-  privacy = {"epsilon": 2.875, "delta": 1e-5, "num_updates": 40,
+  privacy = {"epsilon": 2.875, "delta": 1.5e-5, "accountant_delta": 1e-5,
+             "noise_tail_delta": 5e-6, "num_updates": 40,
              "noise_multiplier": 1.25, "sampling": "PoissonSampler",
              "sampling_rate": 256 / 60000, "num_examples": 60000,
              "neighboring_relation": "add_or_remove_one", "accountant": "pld"}
@@ -28,8 +29,10 @@ def _write_run(workdir, *, sparsity=True):
   with run_logging.MetricsWriter(workdir, tensorboard=False) as writer:
     for step in range(1, 41):
       record = {"step": step, "epsilon": 2.875 * math.sqrt(step / 40),
-                "loss": 2.3 * math.exp(-step / 20) + 0.05 * rng.random(),
-                "train_accuracy": 1 - math.exp(-step / 15)}
+                "nonprivate/loss": 2.3 * math.exp(-step / 20)
+                                   + 0.05 * rng.random(),
+                "nonprivate/train_accuracy": 1 - math.exp(-step / 15),
+                "noisy_grad_norm": 0.5}
       if sparsity and step % 10 == 0:
         record["sparsity/grad/1e-3"] = 0.1 + step / 100
       writer.write(record)
@@ -52,7 +55,17 @@ def test_full_report_has_privacy_metrics_and_readable_plots(tmp_path):
   assert "| noise multiplier sigma | 1.25 |" in text
   assert "| updates T | 40 |" in text
   assert "| **epsilon spent** | 2.875 |" in text
-  assert "| delta | 1e-05 |" in text
+  assert ("| **delta** (accountant + noise sampler's cut tail) | 1.5e-05 |"
+          in text)
+  assert "| delta of the accountant | 1e-05 |" in text
+  assert "| delta of the float32 noise's cut tail | 5e-06 |" in text
+  # The threat model, and the training record split into what is covered
+  # by epsilon and the non-private diagnostics.
+  assert "What is secret" in text and "What may be released" in text
+  private, diagnostics = text.split("Non-private diagnostics")
+  assert "| noisy_grad_norm | 0.5 |" in private.split("Last training")[1]
+  assert "| train_accuracy |" in diagnostics
+  assert "train_accuracy" not in private.split("Last training")[1]
   assert "| target epsilon | 3 |" in text
   # sigma * C / B = 1.25 * 1 / 256.
   assert f"| {1.25 / 256:.4g} |" in text

@@ -100,8 +100,9 @@ def test_noiseless_update_is_sgd_on_the_clipped_mean(data, noiseless):
     np.testing.assert_allclose(new, old - LR * g / EXPECTED, rtol=1e-5,
                                atol=1e-7)
   assert 0 < num_clipped < 6
-  assert int(metrics["num_examples"]) == 6
-  assert float(metrics["fraction_clipped"]) == pytest.approx(num_clipped / 6)
+  assert int(metrics["nonprivate/num_examples"]) == 6
+  assert float(metrics["nonprivate/fraction_clipped"]) == pytest.approx(
+      num_clipped / 6)
   assert float(metrics["noise_std"]) == 0.0
   assert int(new_state.update_step) == 1
   assert int(new_state.privatizer_state.update_step) == 1
@@ -127,7 +128,8 @@ def test_update_equals_the_runner_loop_of_clipped_grads_and_apply(
                   jax.tree.leaves((looped.params, looped.opt_state)),
                   strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-  for name in ("num_examples", "fraction_clipped", "mean_grad_norm"):
+  for name in ("nonprivate/num_examples", "nonprivate/fraction_clipped",
+               "nonprivate/mean_grad_norm"):
     assert float(metrics[name]) == pytest.approx(float(whole_metrics[name]))
 
 
