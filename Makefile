@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 REPRODUCE_ARGS ?=
 
-.PHONY: install test bench lint train reproduce-fmnist clean
+.PHONY: install test bench lint train reproduce-fmnist reproduce-cifar10 clean
 
 install: $(STAMP)
 
@@ -33,6 +33,9 @@ train: install
 
 reproduce-fmnist: install
 	$(PY) -m experiments.reproduce.fashion_mnist $(REPRODUCE_ARGS)
+
+reproduce-cifar10: install
+	$(PY) -m experiments.reproduce.cifar10 $(REPRODUCE_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -20,3 +20,12 @@ def fashion_mnist_dir():
   if path is None:
     pytest.skip("../shared/data/fashion_mnist is not present")
   return path
+
+
+@pytest.fixture(scope="session")
+def cifar10_dir():
+  """The original CIFAR-10 python batches (with MD5SUMS), or skip."""
+  path = paths.shared_data_dir("cifar10")
+  if path is None:
+    pytest.skip("../shared/data/cifar10 is not present")
+  return path

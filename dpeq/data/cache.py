@@ -7,6 +7,9 @@ the tfds data folder or the raw folder) and a format version; an entry whose
 origin or version differs is rebuilt. Entries are written to a temporary
 folder and renamed into place, so concurrent writers (several hosts) never
 leave a half-written entry.
+
+`<cache_dir>/checksums/` holds the stamps of passed MD5SUMS checks of raw
+folders (`dpeq.data.checksums`).
 """
 
 import json
@@ -27,10 +30,15 @@ def default_cache_dir() -> pathlib.Path:
   return pathlib.Path(os.environ.get(CACHE_ENV) or "~/.cache/dpeq").expanduser()
 
 
+def cache_root(cache_dir: str | os.PathLike | None) -> pathlib.Path:
+  """cache_dir (with ~ expanded), else `default_cache_dir()`."""
+  root = default_cache_dir() if cache_dir is None else pathlib.Path(cache_dir)
+  return root.expanduser()
+
+
 def entry_dir(cache_dir: str | os.PathLike | None, *, dataset: str, source: str,
               key: str) -> pathlib.Path:
-  root = default_cache_dir() if cache_dir is None else pathlib.Path(cache_dir)
-  return root.expanduser() / dataset / source / key
+  return cache_root(cache_dir) / dataset / source / key
 
 
 def read(entry: pathlib.Path, *, origin: str

@@ -13,6 +13,15 @@ source's order, which differs between tfds (its own fixed shuffle) and the
 raw files (original order), so "train"/"valid" are the same multiset across
 sources only as a union.
 
+Offline default: source="tfds" reads `shared/data/<name>` (the folder beside
+the repository, see `dpeq.paths`) with the raw reader instead when tfds has
+not prepared the dataset in data_dir, no manual folder holds the files tfds
+prepares from, no manual_dir was given, and that shared folder exists. So
+CIFAR-10 comes from the original python batches there (checked once against
+their MD5SUMS) with no network and no TensorFlow, while Fashion-MNIST, whose
+shared files are also tfds's, still goes through tfds; machines without the
+shared folder keep tfds (and its download).
+
 Normalisation statistics (`DatasetInfo.mean` / `.std`, per channel, in [0, 1]
 units) are fixed public constants of `dpeq.data.specs` (published, e.g. De
 et al.'s for CIFAR-10), never computed from the data a run trains on: a
@@ -121,7 +130,8 @@ class _Source:
     if hit is not None:
       return hit
     if self.source == "raw":
-      images, labels = raw.read(self.spec, self.raw_dir, split=split)
+      images, labels = raw.read(self.spec, self.raw_dir, split=split,
+                                cache_dir=self.cache_dir)
     else:
       images, labels = tfds_source.read(self.spec, split=self._tfds_split(split),
                                         data_dir=self.data_dir,
@@ -156,6 +166,23 @@ class _Source:
         data_dir=self.data_dir, manual_dir=self.manual_dir)
     cache.write(entry, images, labels, origin=self.origin)
     return images, labels
+
+
+def _shared_raw_fallback(spec, *, data_dir, manual_dir):
+  """`shared/data/<name>` when a source="tfds" load should read it raw.
+
+  That is when tfds could only download: nothing is prepared in data_dir and
+  no manual folder (the shared one included) holds spec.tfds_files, as for
+  CIFAR-10, whose shared copy is the python batches rather than the binary
+  archive tfds prepares from. An explicit manual_dir keeps tfds, whose error
+  then names the missing files. None: use tfds.
+  """
+  if spec.raw_format is None or manual_dir is not None:
+    return None
+  shared = paths.shared_data_dir(spec.name)
+  if shared is None or tfds_source.available_offline(spec, data_dir=data_dir):
+    return None
+  return shared
 
 
 def _row_range(split, num_train, valid_size):
@@ -195,11 +222,15 @@ def load(
     split: "train", "valid" (held-out tail of the training set),
       "train_valid" (the whole training set) or "test".
     source: "tfds" (default) or "raw" (the original files in raw_dir).
+      "tfds" reads `shared/data/<name>` raw when tfds has neither prepared
+      data nor manual files for the dataset and that folder exists (the
+      offline default for CIFAR-10; see the module docstring).
     data_dir: tfds data folder (None: $TFDS_DATA_DIR or ~/tensorflow_datasets).
     manual_dir: folder with the original files from which tfds prepares
       offline; None: `shared/data/<name>` beside the repository when present.
     raw_dir: folder with the original files for source="raw"; None:
-      `shared/data/<name>` when present.
+      `shared/data/<name>` when present. A folder with an MD5SUMS list in
+      it (or beside it) is checked against the list before its first use.
     cache_dir: where loaded splits are cached as .npy (None:
       $DPEQ_CACHE_DIR or ~/.cache/dpeq).
     valid_size: examples held out as "valid" (None: the dataset's default,
@@ -216,7 +247,9 @@ def load(
     ValueError: for an unknown name, split or source, or bad sizes.
     DatasetNotFoundError (a ValueError): when the data is not available
       offline; its message says how to provide it (manual_dir, raw_dir or
-      TFDS_DATA_DIR). Raised before any download is attempted.
+      TFDS_DATA_DIR). Raised before any download is attempted. Also when
+      a file listed in the raw folder's MD5SUMS is missing or differs; the
+      message names the file.
   """
   spec = specs.get_spec(name)
   if split not in specs.SPLITS:
@@ -238,6 +271,10 @@ def load(
         "which dpeq does not provide yet."
     )
   valid_size = spec.valid_size if valid_size is None else int(valid_size)
+  if source == "tfds":
+    shared = _shared_raw_fallback(spec, data_dir=data_dir, manual_dir=manual_dir)
+    if shared is not None:
+      source, raw_dir = "raw", shared
   reader = _Source(spec, source=source, data_dir=data_dir, manual_dir=manual_dir,
                    raw_dir=raw_dir, cache_dir=cache_dir)
   base = "test" if split == "test" else "train"

@@ -16,6 +16,13 @@ Formats:
 Folder datasets are listed in sorted (class, file) order, classes numbered by
 sorted folder name, and the training set is then permuted with a fixed seed
 (`FOLDER_ORDER_SEED`) so that its held-out tail ("valid") covers all classes.
+
+Checksums: when raw_dir holds an MD5SUMS list (as `shared/data/<name>/`
+does), or raw_dir is the folder an archive extracts to and the list sits
+beside it, every listed file is checked before anything is read
+(`dpeq.data.checksums`; a passed check is stamped in the cache dir, so an
+unchanged folder is hashed once). A missing or altered file raises
+`DatasetNotFoundError` naming it. A raw_dir without MD5SUMS is read as is.
 """
 
 import gzip
@@ -27,7 +34,7 @@ import tarfile
 
 import numpy as np
 
-from dpeq.data import imageio
+from dpeq.data import checksums, imageio
 from dpeq.data.specs import DatasetSpec
 
 FOLDER_ORDER_SEED = 0
@@ -47,21 +54,25 @@ class DatasetNotFoundError(ValueError):
   """The dataset's files are not where dpeq was told (or defaults) to look."""
 
 
-def read(spec: DatasetSpec, raw_dir: str | os.PathLike, *,
-         split: str) -> tuple[np.ndarray, np.ndarray]:
+def read(spec: DatasetSpec, raw_dir: str | os.PathLike, *, split: str,
+         cache_dir: str | os.PathLike | None = None
+         ) -> tuple[np.ndarray, np.ndarray]:
   """Reads the official "train" or "test" split from the original files.
 
   Args:
     spec: the dataset (its `raw_format` selects the reader).
     raw_dir: folder with the original files (or the folder they extract to).
     split: "train" (the whole official training set) or "test".
+    cache_dir: where the stamp of a passed MD5SUMS check is kept (None:
+      $DPEQ_CACHE_DIR or ~/.cache/dpeq); unused without MD5SUMS.
 
   Returns:
     (images uint8 [N, H, W, C], labels int32 [N]).
 
   Raises:
-    DatasetNotFoundError: when raw_dir lacks the files; the message lists
-      the expected names.
+    DatasetNotFoundError: when raw_dir lacks the files (the message lists
+      the expected names), or when a file listed in its MD5SUMS is missing
+      or differs (the message names it).
   """
   if split not in ("train", "test"):
     raise ValueError(f"split={split!r} must be 'train' or 'test'.")
@@ -73,6 +84,7 @@ def read(spec: DatasetSpec, raw_dir: str | os.PathLike, *,
   root = pathlib.Path(raw_dir).expanduser()
   if not root.is_dir():
     raise _missing(spec, root)
+  _verify(spec, root, cache_dir)
   for sub in _SUBFOLDERS.get(spec.raw_format, ()):
     if (root / sub).is_dir():
       root = root / sub
@@ -96,6 +108,32 @@ def _missing(spec: DatasetSpec, root: pathlib.Path, detail: str = ""):
       f"{' (' + detail + ')' if detail else ''}. Put "
       f"{', '.join(spec.raw_files)} there and pass it as raw_dir (or "
       f"data.raw_dir), or use source='tfds' with manual_dir / TFDS_DATA_DIR."
+  )
+
+
+def _verify(spec: DatasetSpec, root: pathlib.Path, cache_dir) -> None:
+  """Checks root against the MD5SUMS in it (or beside it, when root is the
+  folder an archive extracts to); no list, no check."""
+  candidates = [root]
+  if root.name in _SUBFOLDERS.get(spec.raw_format, ()):
+    candidates.append(root.parent)
+  sums = next((c / checksums.SUMS_FILE for c in candidates
+               if (c / checksums.SUMS_FILE).is_file()), None)
+  if sums is None:
+    return
+  problems = checksums.check(sums, cache_dir=cache_dir)
+  if not problems:
+    return
+  archive = _ARCHIVES.get(spec.raw_format)
+  restore = (f"Re-extract {archive} (from the dataset's home page) into "
+             f"{str(sums.parent)!r}" if archive else
+             f"Copy the original {spec.name} files into "
+             f"{str(sums.parent)!r} again")
+  raise DatasetNotFoundError(
+      f"{spec.name}: the original files fail their check against "
+      f"{str(sums)!r}: {'; '.join(problems)}. {restore} (`md5sum -c "
+      f"{checksums.SUMS_FILE}` there tells when they are intact), or point "
+      f"raw_dir (data.raw_dir) at a folder with intact files."
   )
 
 

@@ -15,6 +15,11 @@ Where the prepared data comes from, in order:
      `PROBE_TIMEOUT_S` seconds and $DPEQ_OFFLINE is unset.
 Otherwise `DatasetNotFoundError` says how to provide the data, before tfds
 starts any download (no waiting on network retries).
+
+`dpeq.data.load` asks `available_offline` before it comes here: when 1. and
+2. fail but `shared/data/<name>` holds the original files in their raw
+format (CIFAR-10's python batches rather than the binary archive tfds
+prepares from), it reads those with `dpeq.data.raw` instead of downloading.
 """
 
 import contextlib
@@ -125,6 +130,25 @@ def _manual_folder(spec: DatasetSpec, manual_dir, root: pathlib.Path):
   return next((c for c in candidates if _has_files(c, spec.tfds_files)), None)
 
 
+def _maybe_prepared(spec: DatasetSpec, root: pathlib.Path) -> bool:
+  """Whether some version of spec looks prepared in root (file names only)."""
+  return any((root / spec.tfds_name).glob("*/dataset_info.json"))
+
+
+def available_offline(spec: DatasetSpec, *, data_dir=None,
+                      manual_dir=None) -> bool:
+  """Whether tfds can provide spec without the network.
+
+  True when data_dir (see `resolved_data_dir`) looks prepared for it, or a
+  manual folder (manual_dir, else shared/data/<name>, else
+  <data_dir>/downloads/manual) holds all of spec.tfds_files. Decided from
+  file names alone, without importing TensorFlow.
+  """
+  root = resolved_data_dir(data_dir)
+  return (_maybe_prepared(spec, root)
+          or _manual_folder(spec, manual_dir, root) is not None)
+
+
 def _raise_if_unobtainable(spec: DatasetSpec, root: pathlib.Path, manual_dir,
                            manual, *, prepared: bool) -> None:
   """Raises DatasetNotFoundError when neither prepared data, manual files nor
@@ -147,8 +171,8 @@ def _builder(spec: DatasetSpec, data_dir, manual_dir):
   root = resolved_data_dir(data_dir)
   manual = _manual_folder(spec, manual_dir, root)
   # Decide before importing TensorFlow when the data clearly is not there.
-  maybe_prepared = any((root / spec.tfds_name).glob("*/dataset_info.json"))
-  _raise_if_unobtainable(spec, root, manual_dir, manual, prepared=maybe_prepared)
+  _raise_if_unobtainable(spec, root, manual_dir, manual,
+                         prepared=_maybe_prepared(spec, root))
   tfds = _import_tfds()
   with _quiet():
     builder = tfds.builder(spec.tfds_name, data_dir=str(root))

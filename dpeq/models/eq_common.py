@@ -108,6 +108,14 @@ def hidden_type(group: groups.Group, count: int) -> eqnn.FieldType:
   return eqnn.FieldType.irreps(group, count)
 
 
+def paper_activation(field_type: eqnn.FieldType):
+  """Hölzl et al.'s activation: Mish on permutation (regular, trivial)
+  fields, ELU for spectral fields (applied as Fourier-ELU)."""
+  if not field_type.fields_where("is_permutation", False):
+    return jax.nn.mish
+  return jax.nn.elu
+
+
 def nonlinearity(field_type: eqnn.FieldType, fn, *, name: str):
   """Pointwise `fn` on permutation fields, else Fourier `fn` (16 samples)."""
   if not field_type.fields_where("is_permutation", False):

@@ -64,7 +64,8 @@ class EqResNet9(hk.Module):
     x = eqnn.R2Conv(
         in_type, out_type, 3, weight_standardization=True, name=f"{name}_conv"
     )(x)
-    x = eq_common.nonlinearity(out_type, jax.nn.mish, name=f"{name}_act")(x)
+    x = eq_common.nonlinearity(out_type, eq_common.paper_activation(out_type),
+                               name=f"{name}_act")(x)
     x = eq_common.norm(out_type, name=f"{name}_norm")(x)
     if pool:
       x = eq_common.pool(out_type, x, name=f"{name}_pool")

@@ -20,19 +20,24 @@ _EPS = 1e-5
 def resolve_num_groups(num_fields: int, num_groups: int) -> int:
   """The number of field groups that EquivariantGroupNorm actually uses.
 
-  `num_groups` when it divides `num_fields`. Otherwise (the fallback of
-  Hölzl et al.): the largest divisor g <= num_groups of `num_fields` that
-  leaves more than 3 fields per group, else 1. E.g. 16 fields -> 8 groups,
-  27 -> 3, 39 -> 3, 13 -> 1, 6 -> 1.
+  The rule of Hölzl et al.'s code: the divisor of `num_fields` closest to
+  `num_groups` (`num_groups` itself when it divides), the smaller one on a
+  tie. E.g. for 8 groups: 16 fields -> 8, 27 -> 9, 39 -> 3 (3 and 13 tie),
+  221 -> 13, 13 -> 13, 6 -> 6, 7 -> 7.
   """
-  if num_groups < 1:
-    raise ValueError(f"num_groups must be a positive int, got {num_groups!r}.")
-  if num_fields % num_groups == 0:
-    return num_groups
-  for groups in range(min(num_groups, num_fields), 0, -1):
-    if num_fields % groups == 0 and num_fields // groups > 3:
-      return groups
-  return 1
+  if num_groups < 1 or num_fields < 1:
+    raise ValueError(
+        f"num_groups={num_groups!r} and num_fields={num_fields!r} must be "
+        "positive ints.")
+  smaller = min(num_groups, num_fields)
+  while num_fields % smaller:
+    smaller -= 1
+  if num_groups >= num_fields:  # no divisor above: the field count itself
+    return smaller
+  larger = num_groups
+  while num_fields % larger:
+    larger += 1
+  return larger if larger - num_groups < num_groups - smaller else smaller
 
 
 def _affine(field_type: FieldType, y: jax.Array) -> jax.Array:
@@ -114,15 +119,17 @@ class IIDInstanceNorm(hk.Module):
   """Instance norm for fields of any orthogonal representation (irreps).
 
   Per example and field f: subtract the spatial mean of the field's trivial
-  components only (the projection of the mean onto `trivial_basis`), then
-  divide by sqrt(v_f + 1e-5), where v_f is one scalar per field: the mean over
-  the field's components of their spatial second moment after that
-  centering (the spatial variance for trivial components; non-trivial
-  components are not centered, their mean being no invariant quantity).
-  Both statistics are invariant under orthogonal rho(g), so the layer is
-  equivariant. This is the intended maths of Hölzl et al.; their code
-  normalized only the last field of each type. Optional affine as in
-  EquivariantGroupNorm.
+  components only (the projection of the mean onto `trivial_basis`; the
+  mean of a non-trivial component is no invariant quantity), then divide
+  every component by sqrt(v_f + 1e-5), where v_f is one scalar per field:
+  the mean over the field's components of their spatial variance, each
+  component centred on its OWN spatial mean, with Bessel's correction
+  (1 / (H W - 1)). v_f is the trace of the field's spatial covariance over
+  its dimension, invariant under orthogonal rho(g), so the layer is
+  equivariant. As escnn's IIDBatchNorm2d and Hölzl et al.'s layer, no
+  gradient flows through the mean and v_f (jax.lax.stop_gradient). (Their
+  code normalized only the last field of each type: a bug, not the method.)
+  Optional affine as in EquivariantGroupNorm.
   """
 
   def __init__(
@@ -153,9 +160,15 @@ class IIDInstanceNorm(hk.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     """Normalizes x [..., H, W, C] per example and field; same shape."""
     self.in_type.check_input(x, layer="IIDInstanceNorm")
-    mean = jnp.mean(x, axis=(-3, -2), keepdims=True)
+    height, width = x.shape[-3], x.shape[-2]
+    if height * width < 2:
+      raise ValueError(
+          f"IIDInstanceNorm needs at least 2 spatial positions for a "
+          f"variance; got {height}x{width}.")
+    mean = jax.lax.stop_gradient(jnp.mean(x, axis=(-3, -2), keepdims=True))
+    variance = jnp.sum(jnp.square(x - mean), axis=(-3, -2), keepdims=True)
+    variance = jax.lax.stop_gradient(variance / (height * width - 1))
+    field_var = variance @ jnp.asarray(self._averaging, x.dtype)
     y = x - mean @ jnp.asarray(self._trivial_projector, x.dtype)
-    second_moment = jnp.mean(jnp.square(y), axis=(-3, -2), keepdims=True)
-    field_var = second_moment @ jnp.asarray(self._averaging, x.dtype)
     y = y * jax.lax.rsqrt(field_var + _EPS)[..., self._channel_field]
     return _affine(self.in_type, y) if self.affine else y

@@ -12,7 +12,9 @@ from dpeq.data import augment
 from dpeq.training import config as config_lib
 from experiments.bench import common, models_overhead
 from experiments.bench import run as bench_run
+from experiments.reproduce import cifar10 as cifar10_study
 from experiments.reproduce import fashion_mnist as fmnist
+from experiments.reproduce import harness
 
 
 def test_markdown_table_formats_rows_and_missing_values():
@@ -84,6 +86,31 @@ def test_reproduce_configs_are_valid_and_sweep_holds_out_the_test_set():
   assert round(epochs) == 40  # Tramer & Boneh's length.
   for model in fmnist.MODELS:
     assert all(isinstance(r, dict) for r in fmnist.SWEEP.get(model, ({},)))
+
+
+def test_cifar10_study_configs_are_valid_and_sweep_holds_out_the_test_set():
+  study = cifar10_study.STUDY
+  for model in study.models:
+    for recipe in study.sweep.get(model, ({},)):
+      sweep = harness.make_config(study, harness.Run(
+          model, 3, 0, tuple(sorted(recipe.items())), "sweep"))
+      config_lib.validate(sweep)
+      assert (sweep.data.train_split, sweep.data.eval_split) == (
+          "train", "valid")
+      assert sweep.data.dataset == "cifar10"
+    final = harness.make_config(study, harness.Run(
+        model, 1, 2, tuple(sorted(study.final_length[model].items())),
+        "final"))
+    config_lib.validate(final)
+    assert (final.data.train_split, final.data.eval_split) == (
+        "train_valid", "test")
+    assert final.dp.target_epsilon == 1 and final.seed == 2
+    assert final.training.num_updates == study.final_length[model][
+        "training.num_updates"]
+  groups = {m: harness.make_config(study, harness.Run(m, 3, 0, (), "final"))
+            .model.kwargs.to_dict().get("group") for m in study.models}
+  assert groups == {"eq_resnet9_c4": "C4", "eq_resnet9_d4": "D4",
+                    "resnet9": None}
 
 
 def test_bench_case_runs_both_updates_on_the_same_views():

@@ -1,6 +1,8 @@
 """EquivariantGroupNorm and IIDInstanceNorm: statistics, equivariance, errors."""
 
 import haiku as hk
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -19,11 +21,17 @@ def _module(cls, field_type, **kwargs):
 
 @pytest.mark.parametrize(
     "num_fields,num_groups,expected",
-    [(16, 8, 8), (40, 8, 8), (27, 8, 3), (39, 8, 3), (13, 8, 1), (6, 8, 1),
-     (20, 8, 5), (12, 8, 3), (4, 2, 2)],
+    [(16, 8, 8), (40, 8, 8), (27, 8, 9), (39, 8, 3), (13, 8, 13), (6, 8, 6),
+     (20, 8, 10), (12, 8, 6), (4, 2, 2), (221, 8, 13), (7, 8, 7), (60, 8, 6),
+     (1, 8, 1)],
 )
-def test_group_count_fallback(num_fields, num_groups, expected):
+def test_group_count_is_the_closest_divisor(num_fields, num_groups, expected):
+  # Hölzl et al.'s rule: the divisor of the field count closest to the asked
+  # number of groups, the smaller on a tie (39: 3 and 13; 60: 6 and 10).
   assert resolve_num_groups(num_fields, num_groups) == expected
+  divisors = [d for d in range(1, num_fields + 1) if num_fields % d == 0]
+  best = min(abs(d - num_groups) for d in divisors)
+  assert expected == min(d for d in divisors if abs(d - num_groups) == best)
 
 
 @pytest.mark.parametrize("uniform", [False, True])
@@ -86,13 +94,37 @@ def test_iid_instance_norm_normalizes_every_field():
   np.testing.assert_allclose(fields[..., 0].mean(axis=(1, 2)), 0, atol=1e-5)
   # ... the others are not (their means are no invariant quantity) ...
   assert np.min(np.abs(fields[..., 1:].mean(axis=(1, 2)))) > 1e-2
-  # ... and every field, not only the last one, has unit mean second moment.
-  second_moment = np.mean(fields**2, axis=(1, 2, 4))
+  # ... and every field, not only the last one, is divided by the root of
+  # the mean over its components of their Bessel-corrected spatial variance
+  # (each around its own mean): a numpy reference of escnn's IIDBatchNorm2d
+  # statistics, per example.
   inputs = x.reshape(2, 5, 5, 3, 7).astype(np.float64)
-  centered = inputs.copy()
-  centered[..., 0] -= inputs[..., 0].mean(axis=(1, 2), keepdims=True)
-  v = np.mean(centered**2, axis=(1, 2, 4))
-  np.testing.assert_allclose(second_moment, v / (v + 1e-5), rtol=1e-4)
+  v = inputs.var(axis=(1, 2), ddof=1).mean(axis=-1)  # [example, field]
+  expected = inputs.copy()
+  expected[..., 0] -= inputs[..., 0].mean(axis=(1, 2), keepdims=True)
+  expected /= np.sqrt(v + 1e-5)[:, None, None, :, None]
+  np.testing.assert_allclose(fields, expected, rtol=1e-4, atol=1e-5)
+  # Not the uncentred second moment of the non-trivial components.
+  uncentred = expected.copy()
+  uncentred[..., 0] = 0
+  assert np.abs(uncentred - fields * (uncentred != 0)).max() < 1e-4
+  second_moment = np.mean(fields**2, axis=(1, 2, 4))
+  assert np.max(np.abs(second_moment - 1)) > 1e-2
+
+
+def test_iid_instance_norm_statistics_carry_no_gradient():
+  so2 = groups.get_group("SO2")
+  field_type = FieldType.irreps(so2, 1)
+  model = _module(IIDInstanceNorm, field_type)
+  x = np.random.default_rng(4).standard_normal((1, 4, 4, field_type.size))
+  x = x.astype(np.float32)
+  # With the statistics held fixed, y is linear in x: the Jacobian of
+  # sum(y * w) is w scaled per field, with no term through mean or variance.
+  w = np.random.default_rng(5).standard_normal(x.shape).astype(np.float32)
+  grad = jax.grad(lambda z: jnp.sum(model.apply({}, z) * w))(x)
+  inputs = x.astype(np.float64).reshape(1, 4, 4, 1, field_type.size)
+  v = inputs.var(axis=(1, 2), ddof=1).mean(axis=-1)
+  np.testing.assert_allclose(grad, w / np.sqrt(v + 1e-5)[0, 0], rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["SO2", "D4"])

@@ -1,0 +1,61 @@
+"""CIFAR-10 from scratch with DP-SGD: sweep, final runs, table and plot.
+
+  python -m experiments.reproduce.cifar10                       (everything)
+  python -m experiments.reproduce.cifar10 --stage final --eps 3 \
+      --models eq_resnet9_c4,resnet9 --seeds 0
+  python -m experiments.reproduce.cifar10 --stage table
+
+Every run goes through the runner with a config of
+experiments/configs/cifar10.py (`model=...,eps=...`) plus the overrides of
+its recipe; stages, records and the selection rule are those of
+experiments/reproduce/harness.py (sweep: train (45,000) -> valid (the last
+5,000 training images); final: train_valid (50,000) -> test).
+
+Budget: each final run is sized to at most an hour on an idle 2-core CPU,
+from the throughput measured there (`FINAL_LENGTH`); the record of every
+run holds its wall-clock and the number of image-gradients it computed.
+"""
+
+from collections.abc import Sequence
+
+from experiments.configs import cifar10 as cifar10_configs
+from experiments.reproduce import harness
+
+MODELS = {name: (name, {}) for name in cifar10_configs.MODELS}
+
+# Candidate recipes (overrides of the config file) for the sweep.
+SWEEP = {
+    "eq_resnet9_c4": (
+        {},
+        {"training.optimizer.learning_rate": 4.0},
+        {"training.optimizer.learning_rate": 1.0},
+    ),
+    "resnet9": (
+        {},
+        {"training.optimizer.learning_rate": 4.0},
+        {"training.optimizer.learning_rate": 1.0},
+    ),
+}
+SELECT_FROM = {"eq_resnet9_d4": "eq_resnet9_c4"}
+# Final-run lengths (expected batch 1024), sized to <= 60 min on an idle
+# 2-core CPU from the seconds per update measured there (cifar10.md).
+FINAL_LENGTH = {
+    "eq_resnet9_c4": {"training.num_updates": 150},
+    "eq_resnet9_d4": {"training.num_updates": 90},
+    "resnet9": {"training.num_updates": 400},
+}
+
+STUDY = harness.Study(
+    name="cifar10", title="CIFAR-10",
+    get_config=cifar10_configs.get_config, models=MODELS, sweep=SWEEP,
+    select_from=SELECT_FROM, final_length=FINAL_LENGTH,
+    sweep_batch_size=512, sweep_updates=40,
+    reference_lines=((59.2, "Tramer & Boneh CNN, eps 3: 59.2"),))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  harness.main(STUDY, argv)
+
+
+if __name__ == "__main__":
+  main()
