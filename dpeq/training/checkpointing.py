@@ -25,6 +25,11 @@ resumed run) and any half-written line. So no record is lost or duplicated.
 TensorBoard event files are append-only: scalars of the replayed steps
 appear twice there, with identical values.
 
+Damage: a checkpoint that cannot be read (truncated or corrupted files, a
+broken record) is moved to `checkpoints_set_aside/` with a warning and the
+run resumes from the previous one (dpeq.training.loop); when checkpoints
+exist but none can be read, the run refuses to start from scratch.
+
 Bit-for-bit: a resumed run computes exactly what the uninterrupted run would
 have, as far as the backend is deterministic. XLA:CPU is, with one intra-op
 thread (e.g. `taskset -c 0 python -m dpeq.train ...`); with several it may
@@ -43,6 +48,7 @@ import orbax.checkpoint as ocp
 
 PyTree = Any
 CHECKPOINT_DIR = "checkpoints"
+SET_ASIDE_DIR = "checkpoints_set_aside"
 
 
 def _is_key(x: Any) -> bool:
@@ -148,6 +154,20 @@ class Checkpointer:
             state=ocp.args.StandardRestore(_abstract(like)),
             record=ocp.args.JsonRestore()))
     return _data_to_keys(restored["state"], like), dict(restored["record"])
+
+  def set_aside(self, step: int) -> pathlib.Path:
+    """Moves checkpoint `step` (e.g. an unreadable one) out of the managed
+    folder, to `<workdir>/checkpoints_set_aside/<step>[.N]`; returns where."""
+    target_dir = self.directory.parent / SET_ASIDE_DIR
+    target_dir.mkdir(exist_ok=True)
+    target = target_dir / str(step)
+    suffix = 0
+    while target.exists():
+      suffix += 1
+      target = target_dir / f"{step}.{suffix}"
+    os.replace(self.directory / str(step), target)
+    self._manager.reload()
+    return target
 
   def read_record(self, step: int) -> dict:
     """The JSON record of checkpoint `step` alone (no arrays are read)."""

@@ -41,6 +41,7 @@ import json
 import math
 import os
 import pathlib
+import sys
 from typing import Any
 
 import haiku as hk
@@ -340,35 +341,85 @@ def _resume_fingerprint(config) -> dict[str, Any]:
   return run_logging.to_python(fingerprint)
 
 
-def _latest_compatible_step(run: _Run, checkpointer) -> int | None:
-  """The newest checkpoint's step, after checking it belongs to this config.
+def _warn(message: str) -> None:
+  print(f"WARNING: {message}", file=sys.stderr, flush=True)
 
-  Reads only its JSON record, so a mismatch is reported before compiling.
+
+def _compatible_steps(run: _Run, checkpointer
+                      ) -> tuple[list[int], dict[int, BaseException]]:
+  """The checkpoints' steps, newest first, and the errors of those whose
+  record cannot be read; checks that the newest readable one belongs to
+  this config.
+
+  Reads only the JSON records, so a mismatch is reported before compiling.
   """
-  step = checkpointer.latest_step()
-  if step is not None:
-    saved = checkpointer.read_record(step)["config"]
-    current = _resume_fingerprint(run.config)
-    for key in _RESUME_KEYS:
-      if saved.get(key) != current[key]:
-        raise ConfigError(
-            f"the checkpoints in this workdir belong to a run whose "
-            f"config.{key} differs from this one; use a fresh --workdir (or "
-            "the same config to resume).")
-  return step
+  steps, errors = list(reversed(checkpointer.all_steps())), {}
+  checked = False
+  for step in steps:
+    try:
+      saved = checkpointer.read_record(step)["config"]
+    except Exception as e:  # noqa: BLE001 (any damage: try the previous)
+      errors[step] = e
+      continue
+    if not checked:
+      checked = True
+      current = _resume_fingerprint(run.config)
+      for key in _RESUME_KEYS:
+        if saved.get(key) != current[key]:
+          raise ConfigError(
+              f"the checkpoints in this workdir belong to a run whose "
+              f"config.{key} differs from this one; use a fresh --workdir "
+              "(or the same config to resume).")
+  return steps, errors
+
+
+def _set_aside(checkpointer, step: int, error: BaseException) -> None:
+  """Moves an unreadable checkpoint out of the way, saying so."""
+  moved = checkpointer.set_aside(step) if jax.process_index() == 0 else None
+  _warn(f"checkpoint {step} in {checkpointer.directory} cannot be read "
+        f"({type(error).__name__}: {str(error)[:300]}); it was moved to "
+        f"{moved} and an older checkpoint is used instead.")
 
 
 def _restore(run: _Run, checkpointer, ledger, metrics_path,
-             step: int | None) -> int:
-  """Restores checkpoint `step` (None: a fresh start); returns the step.
+             steps: list[int], errors: dict[int, BaseException]) -> int:
+  """Restores the newest readable checkpoint of `steps` (none: a fresh
+  start); returns its step.
 
-  Also cuts metrics.jsonl back to what that checkpoint had seen (the rule is
-  in dpeq.training.checkpointing).
+  A checkpoint that cannot be read (truncated, corrupted; `errors` holds
+  those whose record already failed) is skipped for the next older one and,
+  once an older one is restored, set aside with a warning; when checkpoints
+  exist but none can be read, the run refuses to start from scratch (and
+  moves nothing). Also cuts
+  metrics.jsonl back to what the restored checkpoint had seen (the rule is
+  in dpeq.training.checkpointing). Redoing the updates after it repeats the
+  same mechanism with the same secret randomness: nothing new is released.
   """
   metrics_bytes = 0
+  step, record = None, None
+  fresh_key = run.state.privatizer_state.key
+  errors = dict(errors)
+  for candidate in steps:
+    if candidate in errors:
+      continue
+    try:
+      state, record = checkpointer.restore(candidate, like=run.state)
+    except Exception as e:  # noqa: BLE001 (any damage: try the previous)
+      errors[candidate] = e
+      continue
+    run.state, step = state, candidate
+    break
+  if steps and step is None:
+    details = "; ".join(f"{s}: {type(e).__name__}: {str(e)[:200]}"
+                        for s, e in errors.items())
+    raise ConfigError(
+        f"none of the checkpoints in {checkpointer.directory} can be read "
+        f"({details}); refusing to start from scratch, which would spend "
+        "the privacy budget again. Restore a checkpoint, or start a fresh "
+        "--workdir.")
+  for bad in sorted(errors):
+    _set_aside(checkpointer, bad, errors[bad])
   if step is not None:
-    fresh_key = run.state.privatizer_state.key
-    run.state, record = checkpointer.restore(step, like=run.state)
     restored_key = run.state.privatizer_state.key
     if not np.array_equal(
         distributed.to_host(jax.random.key_data(restored_key)),
@@ -440,14 +491,14 @@ def train(config: config_dict.ConfigDict, *, workdir: str | os.PathLike
   cfg, T = run.config, run.num_updates
   checkpointer = checkpointing.Checkpointer(workdir, keep=cfg.checkpoint.keep)
   metrics_path = workdir / run_logging.METRICS_FILE
-  latest = _latest_compatible_step(run, checkpointer)
+  steps, unreadable = _compatible_steps(run, checkpointer)
   randomness = secret_file.load_or_create(
       workdir, reproducible_seed=cfg.dp.reproducible_seed,
-      resuming=latest is not None)
+      resuming=bool(steps))
   run.build(randomness)
   ledger = config_lib.make_ledger(cfg, num_examples=len(run.train_set),
                                   noise_dimension=run.num_params)
-  start = _restore(run, checkpointer, ledger, metrics_path, latest)
+  start = _restore(run, checkpointer, ledger, metrics_path, steps, unreadable)
   if run.is_chief:
     _announce(run, workdir, start)
 

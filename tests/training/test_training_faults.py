@@ -1,0 +1,79 @@
+"""Damaged checkpoints: resume from the previous good one, or refuse."""
+
+import json
+
+import helpers_runner
+import helpers_tiny_config
+import numpy as np
+import pytest
+
+from dpeq.training import checkpointing, loop
+from dpeq.training import config as config_lib
+
+NUM_UPDATES = 6
+
+
+def _config(fashion_mnist_dir, cache_dir):
+  config = helpers_tiny_config.get_config(f"updates={NUM_UPDATES}")
+  config.data.raw_dir = str(fashion_mnist_dir)
+  config.data.cache_dir = str(cache_dir)
+  config.eval.every_updates = 0
+  return config
+
+
+def _truncate_largest_file(folder) -> None:
+  files = sorted((p for p in folder.rglob("*") if p.is_file()),
+                 key=lambda p: p.stat().st_size)
+  largest = files[-1]
+  data = largest.read_bytes()
+  largest.write_bytes(data[:len(data) // 2])
+
+
+@pytest.fixture(scope="module")
+def finished_run(fashion_mnist_dir, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("faults")
+  config = _config(fashion_mnist_dir, tmp_path_factory.mktemp("cache"))
+  final = loop.train(config, workdir=workdir)
+  return workdir, config, final
+
+
+def test_a_corrupt_newest_checkpoint_is_set_aside_and_the_run_resumes(
+    finished_run, tmp_path, capsys):
+  workdir, config, final = finished_run
+  state, _ = checkpointing.read_checkpoint(workdir)
+  records = helpers_runner.records(workdir)
+  steps = checkpointing.Checkpointer(workdir, keep=2).all_steps()
+  assert steps == [4, 6]
+  _truncate_largest_file(workdir / "checkpoints" / "6" / "state")
+  capsys.readouterr()
+  again = loop.train(config, workdir=workdir)
+  captured = capsys.readouterr()
+  assert "checkpoint 6" in captured.err and "cannot be read" in captured.err
+  assert "resuming at update 4" in captured.out
+  assert (workdir / checkpointing.SET_ASIDE_DIR / "6").is_dir()
+  # Updates 5 and 6 were redone with the same secret randomness: the same
+  # parameters (up to XLA:CPU's thread rounding), the same epsilon, and every
+  # metric recorded once.
+  redone, _ = checkpointing.read_checkpoint(workdir)
+  expected = helpers_runner.flat(state["params"])
+  for name, value in helpers_runner.flat(redone["params"]).items():
+    np.testing.assert_allclose(value, expected[name], rtol=1e-4, atol=1e-6)
+  assert again["epsilon"] == final["epsilon"]
+  after = helpers_runner.records(workdir)
+  assert [r["step"] for r in after] == [r["step"] for r in records]
+  assert json.loads((workdir / "privacy.json").read_text())["num_updates"] == (
+      NUM_UPDATES)
+
+
+def test_when_no_checkpoint_can_be_read_the_run_refuses(finished_run):
+  workdir, config, _ = finished_run
+  for step in checkpointing.Checkpointer(workdir, keep=2).all_steps():
+    record = workdir / "checkpoints" / str(step) / "record"
+    for path in record.rglob("*"):
+      if path.is_file():
+        path.write_text("{ not json")
+  for _ in range(2):  # and again: nothing was moved, nothing started afresh
+    with pytest.raises(config_lib.ConfigError,
+                       match="refusing to start from scratch"):
+      loop.train(config, workdir=workdir)
+  assert checkpointing.Checkpointer(workdir, keep=2).all_steps() == [4, 6]
