@@ -4,10 +4,13 @@
                                   config=DpSgdConfig(l2_clip_norm=1.0,
                                                      noise_multiplier=3.0,
                                                      expected_batch_size=256))
-    state = private.init(params, key=jax.random.key(0))
-    selection = sampler.batch(state.update_step)       # host, numpy
-    state, metrics = jax.jit(private.update)(state, batch, selection.mask,
-                                             key=jax.random.key(1))
+    secret = RunRandomness.from_os_entropy()      # dpeq.privacy.randomness
+    state = private.init(params, key=secret.noise_key())   # state is secret
+    sampler = PoissonSampler(..., seed=secret.sampler_seed())
+    selection = sampler.batch(int(state.update_step))      # host, numpy
+    state, metrics = jax.jit(private.update)(
+        state, batch, selection.mask,
+        key=jax.random.fold_in(secret.augmentation_key(), step))
 
 One logical batch = micro-batches of clipped per-example gradient sums
 (`clipped_grads`, merged with ClippedGradSum.merge), then ONE `apply`: one

@@ -31,6 +31,9 @@ from experiments.configs import common
 
 MODELS = ("eq_resnet9_c4", "eq_resnet9_d4", "resnet9")
 EPSILONS = (3, 1, 2, 8)
+# The config arguments of the CIFAR-10 table.
+EXPERIMENTS = tuple(
+    f"model={model},eps={eps}" for model in MODELS for eps in (1, 2, 3, 8))
 _MODEL = {
     "eq_resnet9_c4": ("eq_resnet9", {"group": "C4", "layout": (16, 32, 64)}),
     "eq_resnet9_d4": ("eq_resnet9", {"group": "D4", "layout": (16, 32, 64)}),
