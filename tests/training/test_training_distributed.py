@@ -25,8 +25,11 @@ def _assert_same_run(workdir, reference, what: str) -> None:
   expected, _ = checkpointing.read_checkpoint(reference)
   assert int(state["update_step"]) == NUM_UPDATES
   params = helpers_runner.flat(state["params"])
+  # Summation order differs across devices (float32 rounding, ~1e-6 after
+  # 4 updates with momentum); other noise or batches would move the params by
+  # ~sigma C lr / B = 8e-3, far outside this tolerance.
   for name, value in helpers_runner.flat(expected["params"]).items():
-    np.testing.assert_allclose(params[name], value, rtol=1e-5, atol=1e-6,
+    np.testing.assert_allclose(params[name], value, rtol=1e-4, atol=2e-5,
                                err_msg=f"{what}: {name}")
   records = [r for r in helpers_runner.records(workdir) if "params" not in r]
   expected_records = [r for r in helpers_runner.records(reference)
@@ -36,7 +39,7 @@ def _assert_same_run(workdir, reference, what: str) -> None:
     assert (r["nonprivate/batch_size"] == e["nonprivate/batch_size"]), what
     assert r["epsilon"] == e["epsilon"], what
     assert r["nonprivate/loss"] == pytest.approx(e["nonprivate/loss"],
-                                                 rel=1e-5), what
+                                                 rel=1e-4), what
 
 
 def _wait_for_file(path, processes) -> None:

@@ -57,7 +57,8 @@ def test_a_corrupt_newest_checkpoint_is_set_aside_and_the_run_resumes(
   redone, _ = checkpointing.read_checkpoint(workdir)
   expected = helpers_runner.flat(state["params"])
   for name, value in helpers_runner.flat(redone["params"]).items():
-    np.testing.assert_allclose(value, expected[name], rtol=1e-4, atol=1e-6)
+    # XLA:CPU's thread rounding only: other noise would move them by ~1e-2.
+    np.testing.assert_allclose(value, expected[name], rtol=1e-4, atol=2e-5)
   assert again["epsilon"] == final["epsilon"]
   after = helpers_runner.records(workdir)
   assert [r["step"] for r in after] == [r["step"] for r in records]
