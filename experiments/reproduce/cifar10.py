@@ -37,15 +37,18 @@ SWEEP = {
     ),
 }
 SELECT_FROM = {"eq_resnet9_d4": "eq_resnet9_c4"}
-# Final-run lengths (expected batch 1024), sized to ~55 min of training on
-# an idle 2-core CPU from the private throughput `make bench` measured there
-# (K = 1: eq_resnet9 C4 65 and D4 38 examples/s at 32x32; resnet9 (16, 32,
-# 64) 230 at 28x28, ~176 at 32x32), leaving time for compilation and the
-# evaluations; each record keeps the wall-clock it took.
+# Final-run lengths (expected batch 1024). First sized to ~55 min of training
+# on an idle 2-core CPU from the private throughput of `make bench` (B = 16,
+# K = 1: eq_resnet9 C4 65 and D4 38 examples/s at 32x32; resnet9 (16, 32, 64)
+# ~176 at 32x32). The first full run measured less: eq_resnet9 C4 at
+# micro-batch 128 took 21.6 s per update on the idle CPU (47 examples/s,
+# XLA:CPU keeping ~1 of the 2 cores busy), so its 180 updates take ~65 min;
+# D4 and resnet9 are scaled by the same 0.72 (estimates, not yet measured).
+# Each record keeps the wall-clock it took.
 FINAL_LENGTH = {
     "eq_resnet9_c4": {"training.num_updates": 180},
-    "eq_resnet9_d4": {"training.num_updates": 110},
-    "resnet9": {"training.num_updates": 500},
+    "eq_resnet9_d4": {"training.num_updates": 80},
+    "resnet9": {"training.num_updates": 360},
 }
 
 STUDY = harness.Study(
