@@ -13,19 +13,21 @@ import pytest  # noqa: E402
 from dpeq import paths  # noqa: E402
 
 
+def _shared_data_or_skip(name: str):
+  """shared/data/<name>, or skip: online checkouts have no shared folder."""
+  path = paths.shared_data_dir(name)
+  if path is None:
+    pytest.skip(f"../shared/data/{name} is not present")
+  return path
+
+
 @pytest.fixture(scope="session")
 def fashion_mnist_dir():
   """The original Fashion-MNIST files, or skip when the checkout has none."""
-  path = paths.shared_data_dir("fashion_mnist")
-  if path is None:
-    pytest.skip("../shared/data/fashion_mnist is not present")
-  return path
+  return _shared_data_or_skip("fashion_mnist")
 
 
 @pytest.fixture(scope="session")
 def cifar10_dir():
   """The original CIFAR-10 python batches (with MD5SUMS), or skip."""
-  path = paths.shared_data_dir("cifar10")
-  if path is None:
-    pytest.skip("../shared/data/cifar10 is not present")
-  return path
+  return _shared_data_or_skip("cifar10")
