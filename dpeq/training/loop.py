@@ -278,11 +278,13 @@ class _Run:
     m = distributed.to_host(update_metrics)
     count = max(int(clipped.num_examples), 1)
     finite = max(int(clipped.num_examples - clipped.num_nonfinite), 1)
-    m = {k.removeprefix(update_lib.NON_PRIVATE_PREFIX): v for k, v in m.items()}
-    mean_norm = float(m["mean_grad_norm"])
+    # The update's metrics of the non-noised batch (prefix "nonprivate/").
+    batch = {k[len(NON_PRIVATE):]: v for k, v in m.items()
+             if k.startswith(NON_PRIVATE)}
+    mean_norm = float(batch["mean_grad_norm"])
     variance = max(float(stats["norm_sq_sum"]) / finite - mean_norm ** 2, 0.0)
     noise_norm = float(m["noise_std"]) * math.sqrt(self.num_params)
-    clipped_sum_norm = (float(m["clipped_grad_norm"])
+    clipped_sum_norm = (float(batch["clipped_grad_norm"])
                         * self.dp_config.expected_batch_size)
     diagnostics = {  # of the non-noised batch: NOT covered by epsilon
         "loss": float(stats["loss_sum"]) / count,
@@ -292,12 +294,12 @@ class _Run:
         "grad_norm_mean": mean_norm,
         "grad_norm_std": math.sqrt(variance),
         "grad_norm_min": float(stats["norm_min"]),
-        "grad_norm_max": float(m["max_grad_norm"]),
-        "fraction_clipped": float(m["fraction_clipped"]),
+        "grad_norm_max": float(batch["max_grad_norm"]),
+        "fraction_clipped": float(batch["fraction_clipped"]),
         # ||clipped sum|| / E||noise|| (E||noise|| ~ sigma C sqrt(d)).
         "signal_to_noise": (clipped_sum_norm / noise_norm if noise_norm
                             else math.inf),
-        "clipped_grad_norm": float(m["clipped_grad_norm"]),
+        "clipped_grad_norm": float(batch["clipped_grad_norm"]),
     }
     return {
         "step": step,
