@@ -7,9 +7,10 @@ CONFIG ?= experiments/configs/fashion_mnist.py
 WORKDIR ?= runs/fashion_mnist
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+AUDIT_ARGS ?=
 REPRODUCE_ARGS ?=
 
-.PHONY: install test bench lint train reproduce-fmnist reproduce-cifar10 clean
+.PHONY: install test bench lint train audit reproduce-fmnist reproduce-cifar10 clean
 
 install: $(STAMP)
 
@@ -30,6 +31,10 @@ lint: install
 
 train: install
 	$(PY) -m dpeq.train --config=$(CONFIG) --workdir=$(WORKDIR)
+
+# Empirical epsilon lower bounds of CONFIG (canaries; see dpeq/audit).
+audit: install
+	$(PY) -m dpeq.audit --config=$(CONFIG) --workdir=$(WORKDIR)_audit $(AUDIT_ARGS)
 
 reproduce-fmnist: install
 	$(PY) -m experiments.reproduce.fashion_mnist $(REPRODUCE_ARGS)

@@ -10,12 +10,15 @@ INSTALL_REQUIRES = [
     "dp-accounting==0.6.0",
     "importlib_resources==7.1.0",
     "jax==0.10.2",
+    # dpeq.audit: the canary-score statistics (jax_privacy.auditing).
+    "jax-privacy==2.0.0",
     "jaxlib==0.10.2",
     "matplotlib==3.11.2",
     "ml-collections==1.1.0",
     "numpy==2.4.6",
     "optax==0.2.8",
     "orbax-checkpoint==0.12.8",
+    "pydantic==2.14.4",  # required by jax-privacy
     "scipy==1.17.1",
     "tensorflow-datasets==4.9.10",
     "tqdm==4.70.1",

@@ -88,6 +88,22 @@ class ArrayDataset:
     if self.info.num_examples != len(self.images):
       raise ValueError(f"info.num_examples={self.info.num_examples} but there "
                        f"are {len(self.images)} images.")
+    if len(self.images) == 0:
+      raise ValueError(f"{self.info.name}: the split is empty (0 examples); "
+                       "check the data files and config.data.subset.")
+    if tuple(self.images.shape[1:]) != tuple(self.info.image_shape):
+      raise ValueError(
+          f"{self.info.name}: images are {tuple(self.images.shape[1:])} but "
+          f"the dataset is {tuple(self.info.image_shape)} (H, W, C): the "
+          "files do not hold this dataset.")
+    low, high = int(self.labels.min()), int(self.labels.max())
+    if low < 0 or high >= self.info.num_classes:
+      bad = int(np.flatnonzero((self.labels < 0)
+                               | (self.labels >= self.info.num_classes))[0])
+      raise ValueError(
+          f"{self.info.name}: label {int(self.labels[bad])} of example {bad} "
+          f"is outside [0, {self.info.num_classes}); labels range over "
+          f"[{low}, {high}]: the files are corrupt or of another dataset.")
 
   def __len__(self) -> int:
     return len(self.labels)

@@ -16,8 +16,10 @@ import haiku as hk
 # first use, so conventional models do not pay for the equivariant machinery.
 _BUILDERS: dict[str, tuple[str, str]] = {
     "cnn_tramer": ("small_cnn", "cnn_tramer"),
+    "cnn_tramer_cifar10": ("small_cnn", "cnn_tramer_cifar10"),
     "eq_cnn": ("eq_cnn", "eq_cnn"),
     "eq_resnet9": ("eq_resnet9", "eq_resnet9"),
+    "eq_tramer_cnn": ("eq_tramer_cnn", "eq_tramer_cnn"),
     "eq_wrn": ("eq_wrn", "eq_wrn"),
     "nf_resnet50": ("nf_resnet", "nf_resnet50"),
     "resnet9": ("resnet9", "resnet9"),

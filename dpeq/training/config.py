@@ -33,6 +33,7 @@ from dpeq import paths
 from dpeq.data import augment
 from dpeq.privacy import accounting, sampling
 from dpeq.training import averaging, optimizers
+from dpeq.training import update as update_lib
 
 ConfigDict = config_dict.ConfigDict
 
@@ -464,6 +465,17 @@ def eval_overlaps_training(config: ConfigDict) -> bool:
   d = config.data
   return bool(_SPLIT_PARTS.get(d.train_split, set())
               & _SPLIT_PARTS.get(d.eval_split, set()))
+
+
+def make_dp_sgd_config(config: ConfigDict) -> "update_lib.DpSgdConfig":
+  """The private update's DpSgdConfig of a RESOLVED config."""
+  return update_lib.DpSgdConfig(
+      l2_clip_norm=config.dp.l2_clip_norm,
+      noise_multiplier=config.dp.noise_multiplier,
+      expected_batch_size=config.training.expected_batch_size,
+      rescale_to_unit_norm=config.dp.rescale_to_unit_norm,
+      ema_decays=tuple(config.training.ema_decays),
+      polyak=config.training.polyak, non_private=config.dp.non_private)
 
 
 def make_sampler(config: ConfigDict, *, num_examples: int,

@@ -42,6 +42,7 @@ import math
 import os
 import pathlib
 import sys
+import time
 from typing import Any
 
 import haiku as hk
@@ -78,6 +79,9 @@ _RESUME_KEYS = ("seed", "dp", "training", "model", "data")
 _RESUME_IGNORED_DATA_KEYS = ("source", "data_dir", "manual_dir", "raw_dir",
                              "cache_dir", "allow_eval_on_training_data")
 NON_PRIVATE = run_logging.NON_PRIVATE_PREFIX
+# Training record key: seconds this process has trained (evaluations
+# excluded; restarts at 0 on a resume), under the non-private prefix.
+TRAIN_SECONDS = "train_seconds"
 
 
 def load_data(config: config_dict.ConfigDict):
@@ -194,13 +198,7 @@ class _Run:
                                      **cfg.model.kwargs.to_dict())
     except ValueError as e:
       raise ConfigError(f"config.model ({cfg.model.name!r}): {e}") from None
-    self.dp_config = update_lib.DpSgdConfig(
-        l2_clip_norm=cfg.dp.l2_clip_norm,
-        noise_multiplier=cfg.dp.noise_multiplier,
-        expected_batch_size=cfg.training.expected_batch_size,
-        rescale_to_unit_norm=cfg.dp.rescale_to_unit_norm,
-        ema_decays=tuple(cfg.training.ema_decays),
-        polyak=cfg.training.polyak, non_private=cfg.dp.non_private)
+    self.dp_config = config_lib.make_dp_sgd_config(cfg)
     self.private = update_lib.make_private_update(
         loss_fn=make_loss_fn(self.model.apply),
         optimizer=config_lib.make_optimizer(cfg),
@@ -524,10 +522,16 @@ def train(config: config_dict.ConfigDict, *, workdir: str | os.PathLike
     if writer is not None:
       writer.write(record)
 
+  # Seconds this process spent training, evaluations excluded. A timing
+  # side channel (it follows the Poisson batch sizes): logged as non-private.
+  clock = {"start": time.perf_counter(), "evaluating": 0.0}
+
   def evaluate(step):
+    began = time.perf_counter()
     records = run.evaluation_records(step, ledger.epsilon())
     for record in records:
       write(record)
+    clock["evaluating"] += time.perf_counter() - began
     return records
 
   try:
@@ -539,6 +543,8 @@ def train(config: config_dict.ConfigDict, *, workdir: str | os.PathLike
                                and done % cfg.eval.every_updates == 0)
       if done % cfg.logging.every_updates == 0 or done == T or eval_due:
         record = run.training_record(done, ledger, total, update_metrics)
+        record[NON_PRIVATE + TRAIN_SECONDS] = (
+            time.perf_counter() - clock["start"] - clock["evaluating"])
         write(record)
         bar.update(done, epsilon=record["epsilon"],
                    train_accuracy=record[NON_PRIVATE + "train_accuracy"])

@@ -33,6 +33,7 @@ REPORT_FILE = "report.md"
 LOSS_ACCURACY_PLOT = "loss_accuracy.png"
 EPSILON_PLOT = "epsilon.png"
 SPARSITY_PLOT = "sparsity.png"
+AUDIT_FILE = "audit.json"  # written by python -m dpeq.audit
 SPARSITY_PREFIX = "sparsity"
 NON_PRIVATE = run_logging.NON_PRIVATE_PREFIX
 TRAIN_LOSS_KEY = NON_PRIVATE + "loss"
@@ -395,6 +396,34 @@ def _metrics_section(series: _Series, config) -> list[str]:
   return lines
 
 
+def _audit_section(audit: Mapping[str, Any] | None) -> list[str]:
+  """`audit.json` of `python -m dpeq.audit` (nothing when absent)."""
+  if not audit:
+    return []
+  lines = ["## Empirical privacy audit", "",
+           "Written by `python -m dpeq.audit`: canaries inserted by fair coin "
+           "flips, lower bounds on epsilon from their scores "
+           "(jax_privacy.auditing). An empirical bound above the theoretical "
+           "epsilon would mean the guarantee does not hold. Clopper-Pearson "
+           "presumes independent trials (one canary per run); the one-run "
+           "bound (Steinke et al. 2023) is the one valid for many canaries "
+           "in one run.", ""]
+  rows = []
+  for r in audit.get("results", []):
+    rows.append([
+        str(r.get("kind")), f"{r.get('num_canaries')} ({r.get('num_included')} in)",
+        _format(r.get("epsilon_one_run")),
+        _format(r.get("epsilon_clopper_pearson")),
+        _format(r.get("theoretical_epsilon")), _format(r.get("delta"), "delta"),
+        f"{100 * (1 - float(r.get('significance', 0))):g}%",
+        "VIOLATED" if r.get("violated") else "holds"])
+  lines += _table(["canaries", "m", "empirical eps (one run)",
+                   "empirical eps (Clopper-Pearson)", "theoretical eps",
+                   "delta", "confidence", "guarantee"], rows)
+  lines.append("")
+  return lines
+
+
 def write_report(workdir: str | os.PathLike) -> pathlib.Path:
   """Writes `workdir/report.md` and its PNG plots; returns the report's path.
 
@@ -417,6 +446,7 @@ def write_report(workdir: str | os.PathLike) -> pathlib.Path:
   lines += _setup_section(config)
   lines += _privacy_section(config, privacy, series)
   lines += _metrics_section(series, config)
+  lines += _audit_section(_read_json(workdir / AUDIT_FILE))
 
   plots = []
   target = _get(config, "dp.target_epsilon")

@@ -4,10 +4,12 @@
   --config=experiments/configs/fashion_mnist.py:model=cnn_tramer,eps=1
 
 Arguments (defaults first):
-  model  eq_cnn | cnn_tramer | resnet9
+  model  eq_cnn | cnn_tramer | resnet9 | eq_tramer_cnn
          eq_cnn: a small C4-equivariant CNN (the default run, `make train`);
          cnn_tramer: the end-to-end CNN of Tramèr & Boneh 2021 (26k params);
          resnet9: a narrow ResNet-9, layout (16, 32, 64);
+         eq_tramer_cnn: Tramer's CNN made C4-equivariant at Tramer's
+         widths (7k params; Tramer's optimizer);
   eps    3 | 1 | 2 | 8.
 
 All runs: Poisson sampling over the 60,000 training images (train_valid),
@@ -28,7 +30,7 @@ folder exists, otherwise downloaded through tfds.
 from dpeq.training import config as config_lib
 from experiments.configs import common
 
-MODELS = ("eq_cnn", "cnn_tramer", "resnet9")
+MODELS = ("eq_cnn", "cnn_tramer", "resnet9", "eq_tramer_cnn")
 EPSILONS = (3, 1, 2, 8)
 
 # Per model: expected batch, updates, optimizer, clip norm, micro-batch. The
@@ -43,6 +45,11 @@ _RECIPES = {
         expected_batch_size=512, num_updates=200, learning_rate=2.0,
         momentum=0.0, l2_clip_norm=1.0, micro_batch_size=256,
     ),
+    # Tramer's optimizer: its widths make it as cheap per example.
+    "eq_tramer_cnn": dict(
+        expected_batch_size=2048, num_updates=600, learning_rate=4.0,
+        momentum=0.9, l2_clip_norm=0.1, micro_batch_size=512,
+    ),
     "eq_cnn": dict(
         expected_batch_size=512, num_updates=300, learning_rate=2.0,
         momentum=0.0, l2_clip_norm=1.0, micro_batch_size=256,
@@ -52,6 +59,7 @@ _MODEL_KWARGS = {
     "cnn_tramer": {},
     "resnet9": {"layout": (16, 32, 64)},
     "eq_cnn": {"group": "C4"},
+    "eq_tramer_cnn": {"group": "C4"},
 }
 
 # The config arguments of the runs experiments/reproduce makes.

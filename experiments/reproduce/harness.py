@@ -69,6 +69,8 @@ class Study:
     sweep_batch_size / sweep_updates / sweep_epsilon: the sweep's runs.
     reference_lines: (accuracy %, label) drawn on the plot.
     epsilons: the default epsilons of the final stage.
+    curve_points: evaluations along each final run at `sweep_epsilon`
+      (the accuracy-against-wall-clock plot); other runs evaluate once.
   """
 
   name: str
@@ -83,6 +85,7 @@ class Study:
   sweep_epsilon: float = 3
   reference_lines: tuple[tuple[float, str], ...] = ()
   epsilons: tuple[float, ...] = (3, 1, 2, 8)
+  curve_points: int = 8
 
   @property
   def runs_file(self) -> str:
@@ -99,6 +102,10 @@ class Study:
   @property
   def plot_file(self) -> str:
     return f"{self.name}_test_accuracy.png"
+
+  @property
+  def wallclock_plot_file(self) -> str:
+    return f"{self.name}_test_accuracy_vs_wallclock.png"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,7 +169,32 @@ def make_config(study: Study, run: Run):
                       "training.expected_batch_size": study.sweep_batch_size})
   overrides.update(dict(run.overrides))
   overrides["seed"] = run.seed
-  return apply_overrides(config, overrides)
+  config = apply_overrides(config, overrides)
+  if run.stage == "final" and run.eps == study.sweep_epsilon:
+    config.eval.every_updates = max(
+        1, math.ceil(config.training.num_updates / study.curve_points))
+  return config
+
+
+def read_curve(workdir: pathlib.Path) -> list[dict[str, Any]]:
+  """Test accuracy along a run: [{"step", "train_seconds", "accuracy"}].
+
+  "train_seconds" is the training record's wall-clock of the last process
+  (evaluations excluded); a resumed run's curve starts at its resume.
+  """
+  seconds, accuracy = {}, {}
+  path = workdir / "metrics.jsonl"
+  for line in path.read_text().splitlines() if path.exists() else ():
+    record = json.loads(line)
+    key = "nonprivate/" + loop.TRAIN_SECONDS
+    if key in record:
+      seconds[record["step"]] = record[key]
+    elif "params" in record and "accuracy" in record:
+      accuracy.setdefault(record["step"], {})[record["params"]] = (
+          record["accuracy"])
+  return [{"step": step, "train_seconds": seconds[step],
+           "accuracy": accuracy[step]}
+          for step in sorted(accuracy) if step in seconds]
 
 
 # ----------------------------------------------------------------------------
@@ -210,6 +242,9 @@ def execute(study: Study, run: Run, *, results_dir: pathlib.Path,
       "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
       "load_average_1min": common.machine_info()["load_average_1min"],
   }
+  curve = read_curve(workdir)
+  if len(curve) > 1:
+    record["curve"] = curve
   results_dir.mkdir(parents=True, exist_ok=True)
   with open(results_dir / study.runs_file, "a") as f:
     f.write(json.dumps(record, sort_keys=True) + "\n")
@@ -326,6 +361,46 @@ def plot(study: Study, rows: Sequence[Mapping[str, Any]],
   plt.close(fig)
 
 
+def plot_wallclock(study: Study, records: Iterable[Mapping[str, Any]],
+                   selected: Mapping[str, Mapping[str, Any]],
+                   path: pathlib.Path) -> bool:
+  """Test accuracy against training wall-clock of the final runs at
+  `sweep_epsilon` (one line per run; a run without a curve is one point).
+  Returns False (and writes nothing) when there are no such runs."""
+  runs = [r for r in records if r["stage"] == "final"
+          and r["eps"] == study.sweep_epsilon]
+  if not runs:
+    return False
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(5.5, 3.5))
+  colours = {}
+  for record in sorted(runs, key=lambda r: (r["model"], r["seed"])):
+    model = record["model"]
+    params = selected.get(study.select_from.get(model, model), {}).get(
+        "params", "last")
+    curve = record.get("curve") or [{
+        "train_seconds": record["wall_s"], "accuracy": record["accuracy"]}]
+    xs = [point["train_seconds"] / 60 for point in curve]
+    ys = [100 * point["accuracy"][params] for point in curve]
+    line, = ax.plot(xs, ys, marker="o", markersize=3, linewidth=1,
+                    color=colours.get(model),
+                    label=None if model in colours else model)
+    colours[model] = line.get_color()
+  for value, label in study.reference_lines:
+    ax.axhline(value, color="grey", linestyle=":", label=label)
+  ax.set_xlabel("training wall-clock (min, 2-core CPU; evaluations excluded)")
+  ax.set_ylabel("test accuracy (%)")
+  ax.set_title(f"{study.title}, eps = {study.sweep_epsilon:g}")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return True
+
+
 def write_table(study: Study, results_dir: pathlib.Path) -> pathlib.Path:
   records = load_records(study, results_dir)
   selected = select(records)
@@ -357,6 +432,8 @@ def write_table(study: Study, results_dir: pathlib.Path) -> pathlib.Path:
   (results_dir / study.table_file).write_text("\n".join(text))
   if rows:
     plot(study, rows, results_dir / study.plot_file)
+  plot_wallclock(study, records, selected,
+                 results_dir / study.wallclock_plot_file)
   return results_dir / study.table_file
 
 

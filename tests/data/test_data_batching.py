@@ -136,3 +136,21 @@ def test_batches_and_views_shard_over_eight_devices():
   assert out["images_equal"]
   assert out["views_equal"] and "batch" in out["views_spec"]
   assert "pad_multiple" in out["error"] and "8" in out["error"]
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(n=0), "the split is empty"),
+    (dict(labels_offset=20), r"label 20 of example 0 is outside \[0, 20\)"),
+    (dict(labels_offset=-1), r"label -1 of example 0 is outside"),
+    (dict(shape=(4, 5, 1)), r"images are \(4, 5, 1\) but the dataset is"),
+    (dict(dtype=np.float32), "images must be uint8"),
+])
+def test_bad_data_fails_with_a_message_that_names_the_problem(change, message):
+  n = change.get("n", 20)
+  images = np.zeros((n, *change.get("shape", (4, 4, 1))),
+                    change.get("dtype", np.uint8))
+  info = DatasetInfo(name="toy", num_examples=n, num_classes=20,
+                     image_shape=(4, 4, 1), mean=(0.5,), std=(0.25,))
+  labels = np.arange(n, dtype=np.int32) + change.get("labels_offset", 0)
+  with pytest.raises(ValueError, match=message):
+    ArrayDataset(images=images, labels=labels, info=info)

@@ -1,5 +1,7 @@
 """The benchmark and reproduction harness: aggregation logic and a tiny run."""
 
+import json
+import math
 import statistics
 
 import jax
@@ -110,7 +112,8 @@ def test_cifar10_study_configs_are_valid_and_sweep_holds_out_the_test_set():
   groups = {m: harness.make_config(study, harness.Run(m, 3, 0, (), "final"))
             .model.kwargs.to_dict().get("group") for m in study.models}
   assert groups == {"eq_resnet9_c4": "C4", "eq_resnet9_d4": "D4",
-                    "resnet9": None}
+                    "resnet9": None, "cnn_tramer": None,
+                    "eq_tramer_cnn_c4": "C4", "eq_tramer_cnn_d4": "D4"}
 
 
 def test_bench_case_runs_both_updates_on_the_same_views():
@@ -173,3 +176,41 @@ def test_patched_conv_gives_the_same_per_example_gradients(kernel, strides,
   assert jax.lax.conv_general_dilated is models_overhead._XLA_CONV
   for a, b in zip(got, expected, strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_final_runs_at_the_sweep_epsilon_trace_accuracy_against_wall_clock(
+    tmp_path):
+  study = fmnist.STUDY
+  at_sweep_eps = fmnist.make_config(fmnist.Run("cnn_tramer", 3, 0, (), "final"))
+  elsewhere = fmnist.make_config(fmnist.Run("cnn_tramer", 1, 0, (), "final"))
+  updates = at_sweep_eps.training.num_updates
+  assert at_sweep_eps.eval.every_updates == math.ceil(
+      updates / study.curve_points)
+  assert elsewhere.eval.every_updates == 0  # one evaluation, at the end
+  # A metrics.jsonl as the loop writes it: training records carry the
+  # training wall-clock, evaluation records the accuracy per params.
+  lines = []
+  for step, seconds, accuracy in ((2, 1.5, 0.4), (4, 3.0, 0.6), (5, 3.5, 0.7)):
+    lines.append({"step": step, "epsilon": 1.0,
+                  "nonprivate/train_seconds": seconds})
+    for params, shift in (("last", 0.0), ("ema_0.999", 0.01)):
+      lines.append({"step": step, "params": params,
+                    "accuracy": accuracy + shift})
+  lines.append({"step": 3, "epsilon": 1.0, "nonprivate/train_seconds": 2.0})
+  (tmp_path / "metrics.jsonl").write_text(
+      "\n".join(json.dumps(line) for line in lines))
+  curve = harness.read_curve(tmp_path)
+  assert [p["step"] for p in curve] == [2, 4, 5]  # evaluated steps only
+  assert [p["train_seconds"] for p in curve] == [1.5, 3.0, 3.5]
+  assert curve[1]["accuracy"] == {"last": 0.6, "ema_0.999": 0.61}
+  records = [
+      {"stage": "final", "eps": 3, "model": "cnn_tramer", "seed": 0,
+       "wall_s": 4.0, "accuracy": {"last": 0.7}, "curve": curve},
+      {"stage": "final", "eps": 3, "model": "resnet9", "seed": 0,
+       "wall_s": 9.0, "accuracy": {"last": 0.8}},  # no curve: one point
+  ]
+  path = tmp_path / "plot.png"
+  assert harness.plot_wallclock(study, records, {}, path)
+  assert path.read_bytes()[:4] == b"\x89PNG"
+  assert not harness.plot_wallclock(study, records[:0], {}, tmp_path / "x.png")
+  assert not (tmp_path / "x.png").exists()

@@ -21,6 +21,7 @@ from dpeq import groups
 from dpeq import nn as eqnn
 from dpeq.models.eq_cnn import EqCNN
 from dpeq.models.eq_resnet9 import EqResNet9
+from dpeq.models.eq_tramer_cnn import EqTramerCNN
 from dpeq.models.eq_wrn import EqWideResNet
 from dpeq.nn.testing import random_params
 
@@ -48,6 +49,11 @@ CASES = {
         (8, 8, 3), "C4", [FLIP]),
     "eq_cnn_C4": (
         lambda: EqCNN(num_classes=3, group="C4"), (28, 28, 1), "C4", [FLIP]),
+    "eq_tramer_cnn_C4": (
+        lambda: EqTramerCNN(num_classes=3, group="C4"), (28, 28, 1), "C4",
+        [FLIP]),
+    "eq_tramer_cnn_D4_32x32": (
+        lambda: EqTramerCNN(num_classes=3, group="D4"), (32, 32, 3), "D4", []),
 }
 
 

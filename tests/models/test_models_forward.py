@@ -13,8 +13,10 @@ BATCH = 2
 # Tiny configurations: every registered model must appear here.
 CASES = {
     "cnn_tramer": ({}, (28, 28, 1)),
+    "cnn_tramer_cifar10": ({}, (16, 16, 3)),
     "eq_cnn": ({"group": "SO2"}, (28, 28, 1)),
     "eq_resnet9": ({"group": "D4", "layout": (8, 16, 16)}, (16, 16, 3)),
+    "eq_tramer_cnn": ({"group": "C4"}, (28, 28, 1)),
     "eq_wrn": ({"group": "C4", "depth": 10, "width": 1}, (8, 8, 3)),
     "nf_resnet50": ({}, (16, 16, 3)),
     "resnet9": ({"layout": (8, 16, 16)}, (16, 16, 3)),
@@ -80,3 +82,9 @@ def test_forward_and_per_example_gradients(name):
           np.asarray(a[0]), np.asarray(b[0]), rtol=1e-5, atol=1e-6),
       grads_changed, grads)
   assert not np.allclose(np.asarray(logits_changed[1]), np.asarray(logits[1]))
+
+
+def test_eq_tramer_cnn_refuses_sizes_that_break_the_grid_symmetry():
+  model = dpeq.models.create("eq_tramer_cnn", num_classes=NUM_CLASSES)
+  with pytest.raises(ValueError, match="multiples of 4.*30x30"):
+    jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 30, 30, 1)))

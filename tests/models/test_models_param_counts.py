@@ -177,3 +177,25 @@ def test_eq_cnn_count_is_close_to_tramers():
   got = count_params("eq_cnn", image_shape=(28, 28, 1), group="C4")
   assert got == expected
   assert abs(got - 26010) < 0.1 * 26010
+
+
+def test_eq_tramer_cnn_c4_count_and_widths():
+  h = 1 + (1 + 2 * 3) + (1 + 2 * 6)  # 5x5 harmonics, as for eq_cnn
+  n1, n2 = 16 // 4, 32 // 4  # Tramer's 16 and 32 channels as C4 fields
+  expected = (eq_conv(1, n1, h) + eq_conv(n1 * 4, n2, h)
+              + linear(n2 * 4 * 4, 32) + linear(32, 10))
+  got = count_params("eq_tramer_cnn", image_shape=(28, 28, 1), group="C4")
+  assert got == expected
+  # Without group pooling the head sees the 32 regular-field channels.
+  no_pool = count_params("eq_tramer_cnn", image_shape=(28, 28, 1), group="C4",
+                         group_pool=False)
+  assert no_pool - got == (32 - n2) * 4 * 4 * 32
+  assert got < 26010 / 3  # Tramer's CNN
+
+
+def test_tramer_cifar10_cnn_count_matches_their_layout():
+  convs = [(3, 32), (32, 32), (32, 64), (64, 64), (64, 128), (128, 128)]
+  expected = (sum(9 * a * b + b for a, b in convs) + linear(4 * 4 * 128, 128)
+              + linear(128, 10))
+  got = count_params("cnn_tramer_cifar10", image_shape=(32, 32, 3))
+  assert got == expected == 550_570

@@ -7,8 +7,8 @@ import pytest
 
 import dpeq.models
 
-NAMES = ("cnn_tramer", "eq_cnn", "eq_resnet9", "eq_wrn", "nf_resnet50", "resnet9",
-         "wrn")
+NAMES = ("cnn_tramer", "cnn_tramer_cifar10", "eq_cnn", "eq_resnet9",
+         "eq_tramer_cnn", "eq_wrn", "nf_resnet50", "resnet9", "wrn")
 
 
 def test_available_lists_the_documented_names():
@@ -17,8 +17,9 @@ def test_available_lists_the_documented_names():
 
 def test_documented_kwargs():
   expected = {
-      "cnn_tramer": set(), "eq_cnn": {"group"},
+      "cnn_tramer": set(), "cnn_tramer_cifar10": set(), "eq_cnn": {"group"},
       "eq_resnet9": {"group", "layout", "restrict"},
+      "eq_tramer_cnn": {"group", "channels", "activation", "group_pool"},
       "eq_wrn": {"group", "depth", "width"}, "nf_resnet50": set(),
       "resnet9": {"layout"}, "wrn": {"depth", "width"},
   }
@@ -42,7 +43,8 @@ def test_create_returns_a_transformed_pair():
 
 
 def test_unknown_name_lists_the_models():
-  with pytest.raises(ValueError, match="available models: cnn_tramer, eq_cnn"):
+  with pytest.raises(ValueError,
+                     match="available models: cnn_tramer, cnn_tramer_cifar10"):
     dpeq.models.create("resnet18", num_classes=10)
 
 
@@ -63,6 +65,11 @@ def test_unknown_kwarg_lists_the_accepted_ones():
     ("eq_resnet9", {"group": "Z4"}, "unknown group"),
     ("eq_resnet9", {"restrict": "half"}, "restrict must be one of"),
     ("eq_cnn", {"group": "SO3"}, "unknown group"),
+    ("eq_tramer_cnn", {"group": "SO2"}, "needs a finite group"),
+    ("eq_tramer_cnn", {"group": "D4", "channels": (12, 32)},
+     "multiples of \\|D4\\| = 8"),
+    ("eq_tramer_cnn", {"channels": (16,)}, "two positive ints"),
+    ("eq_tramer_cnn", {"activation": "mish"}, "activation must be one of"),
 ])
 def test_invalid_values_fail_at_create(name, kwargs, message):
   with pytest.raises(ValueError, match=message):

@@ -81,10 +81,18 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def records(workdir) -> list[dict]:
-  """Every line of metrics.jsonl, parsed (a torn line fails the test)."""
+def records(workdir, *, keep_wall_clock: bool = False) -> list[dict]:
+  """Every line of metrics.jsonl, parsed (a torn line fails the test).
+
+  The training records' wall-clock (nonprivate/train_seconds), which differs
+  between identical runs, is dropped unless `keep_wall_clock`.
+  """
   path = pathlib.Path(workdir) / "metrics.jsonl"
-  return [json.loads(line) for line in path.read_text().splitlines()]
+  parsed = [json.loads(line) for line in path.read_text().splitlines()]
+  if not keep_wall_clock:
+    for record in parsed:
+      record.pop("nonprivate/train_seconds", None)
+  return parsed
 
 
 def flat(tree) -> dict[str, object]:

@@ -56,6 +56,14 @@ def test_training_records_every_step_once_and_loss_decreases(tiny_run):
   losses = [d["loss"] for d in diagnostics]
   # From ~ln(10) = 2.3 at random init; DP noise makes single steps jumpy.
   assert np.mean(losses[-3:]) < np.mean(losses[:2]) - 0.3, losses
+  # The training wall-clock grows with every update; non-private (a timing
+  # side channel of the Poisson batch sizes), so the release leaves it out.
+  seconds = [r[NP + "train_seconds"]
+             for r in helpers_runner.records(workdir, keep_wall_clock=True)
+             if "params" not in r]
+  assert len(seconds) == NUM_UPDATES and seconds[0] > 0
+  assert all(b > a for a, b in zip(seconds[:-1], seconds[1:], strict=True)), (
+      seconds)
   for r, d in zip(training, diagnostics, strict=True):
     assert 0 <= d["train_accuracy"] <= 1
     assert 0 <= d["fraction_clipped"] <= 1
