@@ -96,6 +96,12 @@ def main(argv: list[str]) -> None:
     loop.train(config, workdir=_WORKDIR.value)
   except config_lib.ConfigError as e:
     _exit_with(str(e))
+  except Exception as e:  # noqa: BLE001 (only a failed checkpoint write)
+    from dpeq.training import checkpointing  # pylint: disable=g-import-not-at-top
+    if not isinstance(e, checkpointing.CheckpointWriteError):
+      raise
+    print(f"Run stopped: {e}", file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

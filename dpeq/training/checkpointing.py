@@ -85,6 +85,21 @@ def _data_to_keys(restored: PyTree, like: PyTree) -> PyTree:
   return jax.tree.map(leaf, restored, like)
 
 
+class CheckpointWriteError(RuntimeError):
+  """A checkpoint could not be written (disk full, no permission, ...)."""
+
+
+def _os_error_in(error: BaseException) -> OSError | None:
+  """The first OSError in `error`'s chain of causes, or None."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    if isinstance(error, OSError):
+      return error
+    seen.add(id(error))
+    error = error.__cause__ or error.__context__
+  return None
+
+
 class Checkpointer:
   """Saves and restores training checkpoints under `workdir/checkpoints`.
 
@@ -129,13 +144,27 @@ class Checkpointer:
       state: the TrainState pytree (jax arrays; typed keys allowed).
       record: JSON-serializable extras (data key, ledger, metrics length).
     """
-    self._manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(_keys_to_data(state)),
-            record=ocp.args.JsonSave(dict(record))),
-        force=True)
-    self._manager.wait_until_finished()
+    try:
+      self._manager.save(
+          step,
+          args=ocp.args.Composite(
+              state=ocp.args.StandardSave(_keys_to_data(state)),
+              record=ocp.args.JsonSave(dict(record))),
+          force=True)
+      self._manager.wait_until_finished()
+    except Exception as e:  # orbax may wrap the OSError
+      os_error = _os_error_in(e)
+      if os_error is None:
+        raise
+      previous = self.all_steps()
+      raise CheckpointWriteError(
+          f"Could not write checkpoint {step} to {self.directory}: "
+          f"{os_error.strerror or os_error}. "
+          + (f"The previous checkpoint ({previous[-1]}) is intact: free "
+             "space (or fix the permissions) and rerun the same command to "
+             "resume from it." if previous else
+             "There is no earlier checkpoint: free space (or fix the "
+             "permissions) and rerun the command.")) from e
 
   def restore(self, step: int, *, like: PyTree) -> tuple[PyTree, dict]:
     """Reads checkpoint `step`.

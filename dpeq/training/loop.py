@@ -486,7 +486,15 @@ def train(config: config_dict.ConfigDict, *, workdir: str | os.PathLike
                          process_id=dist.process_id)
   config_lib.validate(config)
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    probe = workdir / ".dpeq_write_probe"
+    probe.write_bytes(b"")
+    probe.unlink()
+  except OSError as e:
+    raise ConfigError(
+        f"workdir {str(workdir)!r} cannot be written ({e.strerror or e}): "
+        "pass a writable directory with --workdir.") from None
   run = _Run(config)
   cfg, T = run.config, run.num_updates
   checkpointer = checkpointing.Checkpointer(workdir, keep=cfg.checkpoint.keep)

@@ -44,7 +44,7 @@ def cli_env(*, num_devices: int = 1, compile_cache=None) -> dict[str, str]:
   return env
 
 
-def _pin_to_one_cpu() -> None:
+def pin_to_one_cpu() -> None:
   """Runs in the child before exec: XLA:CPU then uses one intra-op thread.
 
   With more threads XLA:CPU may round differently from run to run
@@ -63,7 +63,7 @@ def start_cli(workdir, config_arg: str = "", *overrides: str,
         cli_command(workdir, config_arg, *overrides), cwd=paths.REPO_ROOT,
         env=cli_env(num_devices=num_devices, compile_cache=compile_cache),
         stdout=log, stderr=subprocess.STDOUT,
-        preexec_fn=_pin_to_one_cpu if single_cpu else None)
+        preexec_fn=pin_to_one_cpu if single_cpu else None)
 
 
 def wait_ok(process: subprocess.Popen, log_path) -> None:

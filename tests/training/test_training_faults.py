@@ -1,5 +1,6 @@
 """Damaged checkpoints: resume from the previous good one, or refuse."""
 
+import errno
 import json
 
 import helpers_runner
@@ -78,3 +79,44 @@ def test_when_no_checkpoint_can_be_read_the_run_refuses(finished_run):
                        match="refusing to start from scratch"):
       loop.train(config, workdir=workdir)
   assert checkpointing.Checkpointer(workdir, keep=2).all_steps() == [4, 6]
+
+
+def test_a_full_disk_while_checkpointing_stops_with_the_path_and_keeps_the_last(
+    fashion_mnist_dir, tmp_path, monkeypatch):
+  config = _config(fashion_mnist_dir, tmp_path / "cache")
+  workdir = tmp_path / "run"
+  original = checkpointing.ocp.CheckpointManager.save
+  calls = []
+
+  def save_then_disk_full(self, step, *args, **kwargs):
+    calls.append(step)
+    if len(calls) == 2:  # the second save: the disk is full
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return original(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(checkpointing.ocp.CheckpointManager, "save",
+                      save_then_disk_full)
+  with pytest.raises(checkpointing.CheckpointWriteError) as raised:
+    loop.train(config, workdir=workdir)
+  message = str(raised.value)
+  assert str(workdir / "checkpoints") in message
+  assert "No space left on device" in message
+  assert "previous checkpoint (2) is intact" in message
+  monkeypatch.setattr(checkpointing.ocp.CheckpointManager, "save", original)
+  assert checkpointing.Checkpointer(workdir, keep=2).all_steps() == [2]
+  # Space freed: the same command resumes from update 2 and finishes.
+  final = loop.train(config, workdir=workdir)
+  assert final["num_updates"] == NUM_UPDATES
+  steps = [r["step"] for r in helpers_runner.records(workdir)
+           if "params" not in r]
+  assert steps == list(range(1, NUM_UPDATES + 1))
+
+
+def test_an_unwritable_workdir_is_a_config_error_that_names_it(
+    fashion_mnist_dir, tmp_path):
+  config = _config(fashion_mnist_dir, tmp_path / "cache")
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a directory")
+  with pytest.raises(config_lib.ConfigError,
+                     match=f"workdir '{blocker / 'run'}' cannot be written"):
+    loop.train(config, workdir=blocker / "run")
