@@ -72,6 +72,7 @@ def main():
     raise SystemExit(f"unknown fault {fault!r}")
 
   from absl import app
+
   from dpeq import train
   app.run(train.main, flags_parser=train._parse_flags)
 
