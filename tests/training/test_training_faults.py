@@ -2,13 +2,14 @@
 
 import errno
 import json
+import shutil
 
 import helpers_runner
 import helpers_tiny_config
 import numpy as np
 import pytest
 
-from dpeq.training import checkpointing, loop
+from dpeq.training import checkpointing, loop, secret_file
 from dpeq.training import config as config_lib
 
 NUM_UPDATES = 6
@@ -120,3 +121,39 @@ def test_an_unwritable_workdir_is_a_config_error_that_names_it(
   with pytest.raises(config_lib.ConfigError,
                      match=f"workdir '{blocker / 'run'}' cannot be written"):
     loop.train(config, workdir=blocker / "run")
+
+
+def _copy_run(finished_run, tmp_path):
+  workdir, config, _ = finished_run
+  copy = tmp_path / "copy"
+  shutil.copytree(workdir, copy)
+  return copy, config
+
+
+def test_checkpoints_without_their_secret_file_refuse_to_resume(
+    finished_run, tmp_path):
+  workdir, config = _copy_run(finished_run, tmp_path)
+  (workdir / secret_file.SECRET_FILE).unlink()
+  with pytest.raises(config_lib.ConfigError,
+                     match="holds checkpoints but no secret_randomness.json"):
+    loop.train(config, workdir=workdir)
+
+
+def test_a_secret_file_of_another_run_is_refused(finished_run, tmp_path):
+  workdir, config = _copy_run(finished_run, tmp_path)
+  other = tmp_path / "other"
+  other.mkdir()
+  # A second run's secret (the same config, fresh OS entropy).
+  secret_file.load_or_create(other, reproducible_seed=None, resuming=False)
+  shutil.copy(other / secret_file.SECRET_FILE,
+              workdir / secret_file.SECRET_FILE)
+  with pytest.raises(config_lib.ConfigError,
+                     match="noise key that does not"):
+    loop.train(config, workdir=workdir)
+
+
+def test_an_unreadable_secret_file_is_named(finished_run, tmp_path):
+  workdir, config = _copy_run(finished_run, tmp_path)
+  (workdir / secret_file.SECRET_FILE).write_text("{ torn")
+  with pytest.raises(config_lib.ConfigError, match="cannot be read"):
+    loop.train(config, workdir=workdir)
