@@ -31,6 +31,10 @@ MODELS = {
     "resnet9": ("resnet9", {}),
     "eq_cnn_c4": ("eq_cnn", {"model.kwargs.group": "C4"}),
     "eq_cnn_d4": ("eq_cnn", {"model.kwargs.group": "D4"}),
+    # The default run (make train): mirror-equivariant, batch 512, ~15 min.
+    "eq_tramer_cnn_d1": ("eq_tramer_cnn", {}),
+    # Tramer's CNN given the same ~15 min (its best batch, 2048).
+    "cnn_tramer_15min": ("cnn_tramer", {"training.num_updates": 1000}),
 }
 
 # Candidate recipes per model for the sweep (overrides of the config file).

@@ -50,6 +50,7 @@ THROUGHPUT = {
     "eqt_d1_no_group_pool": 1700,
     "cnn_tramer_b512": 3375,
     "eqt_d1_b512": 2115,
+    "eqt_d1_b256": 2115,
 }
 _TRAMER_OPT = {}  # the config file's recipe for cnn_tramer / eq_tramer_cnn
 _EQ_CNN_AS_TRAMER = {  # eq_cnn with the same optimizer and batch as the rest
@@ -89,6 +90,9 @@ ARMS = {
     "eqt_d1_b512": ("eq_tramer_cnn", {"model.kwargs.group": "D1",
                                       "training.expected_batch_size": 512},
                     "the mirror only at batch 512"),
+    "eqt_d1_b256": ("eq_tramer_cnn", {"model.kwargs.group": "D1",
+                                      "training.expected_batch_size": 256},
+                    "the mirror only at batch 256"),
     "eqt_c4_lr2": ("eq_tramer_cnn", {
         "model.kwargs.group": "C4", "training.optimizer.learning_rate": 2.0},
         "learning rate 2 instead of 4"),

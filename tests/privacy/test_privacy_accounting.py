@@ -243,3 +243,19 @@ def test_calibration_for_any_sampler():
   assert generic == accounting.calibrate_steps(
       target_epsilon=2.0, noise_multiplier=2.0, sampling_rate=0.02,
       delta=DELTA, accountant="rdp")
+
+
+@pytest.mark.parametrize("max_batch_size", [None, 700])
+def test_ledger_reuses_one_update_pld_and_equals_the_accountant(max_batch_size):
+  sampler = sampling.PoissonSampler(num_examples=60_000,
+                                    expected_batch_size=512, seed=None,
+                                    max_batch_size=max_batch_size)
+  ledger = accounting.PrivacyLedger(sampler=sampler, noise_multiplier=0.9,
+                                    delta=DELTA, noise_dimension=10, **FAST)
+  for steps in (1, 25, 400, 2400):
+    expected = accounting.epsilon_of_event(
+        sampler.dp_event(noise_multiplier=0.9, num_updates=steps),
+        delta=DELTA, **FAST)
+    assert ledger.epsilon_at(steps) == expected, steps
+  # The cached one-update PLD is used for Poisson sampling only.
+  assert (ledger._step_pld() is None) == (max_batch_size is not None)
