@@ -71,6 +71,8 @@ class Study:
     epsilons: the default epsilons of the final stage.
     curve_points: evaluations along each final run at `sweep_epsilon`
       (the accuracy-against-wall-clock plot); other runs evaluate once.
+    params_chosen: model -> params ("last", "ema_0.999", "polyak") chosen on
+      validation outside this study's sweep (e.g. by an ablation).
   """
 
   name: str
@@ -86,6 +88,7 @@ class Study:
   reference_lines: tuple[tuple[float, str], ...] = ()
   epsilons: tuple[float, ...] = (3, 1, 2, 8)
   curve_points: int = 8
+  params_chosen: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
   @property
   def runs_file(self) -> str:
@@ -277,23 +280,34 @@ def select(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
   return best
 
 
+def chosen_params(model: str, selected: Mapping[str, Mapping[str, Any]],
+                  select_from: Mapping[str, str],
+                  params_chosen: Mapping[str, str]) -> str:
+  """The params reported for `model`: chosen on validation by its (or its
+  donor's) sweep, else by `params_chosen` (a validation choice made
+  elsewhere, e.g. an ablation), else "last"."""
+  swept = selected.get(select_from.get(model, model), {}).get("params")
+  return swept or params_chosen.get(model, "last")
+
+
 def summarize(records: Iterable[Mapping[str, Any]],
               selected: Mapping[str, Mapping[str, Any]],
-              select_from: Mapping[str, str] | None = None) -> list[dict]:
+              select_from: Mapping[str, str] | None = None,
+              params_chosen: Mapping[str, str] | None = None) -> list[dict]:
   """Final runs grouped by (model, eps): median and std over seeds.
 
   The reported accuracy of a run is that of the params chosen on validation
-  for its model ("last" when the model was not swept).
+  for its model (`chosen_params`).
   """
   select_from = select_from or {}
+  params_chosen = params_chosen or {}
   groups: dict[tuple[str, float], list[Mapping[str, Any]]] = {}
   for record in records:
     if record["stage"] == "final":
       groups.setdefault((record["model"], record["eps"]), []).append(record)
   rows = []
   for (model, eps), runs in sorted(groups.items()):
-    params = selected.get(select_from.get(model, model), {}).get("params",
-                                                                 "last")
+    params = chosen_params(model, selected, select_from, params_chosen)
     accuracies = [r["accuracy"][params] for r in runs]
     walls = [r["wall_s"] for r in runs]
     rows.append({
@@ -378,8 +392,8 @@ def plot_wallclock(study: Study, records: Iterable[Mapping[str, Any]],
   colours = {}
   for record in sorted(runs, key=lambda r: (r["model"], r["seed"])):
     model = record["model"]
-    params = selected.get(study.select_from.get(model, model), {}).get(
-        "params", "last")
+    params = chosen_params(model, selected, study.select_from,
+                           study.params_chosen)
     curve = record.get("curve") or [{
         "train_seconds": record["wall_s"], "accuracy": record["accuracy"]}]
     xs = [point["train_seconds"] / 60 for point in curve]
@@ -404,7 +418,8 @@ def plot_wallclock(study: Study, records: Iterable[Mapping[str, Any]],
 def write_table(study: Study, results_dir: pathlib.Path) -> pathlib.Path:
   records = load_records(study, results_dir)
   selected = select(records)
-  rows = summarize(records, selected, study.select_from)
+  rows = summarize(records, selected, study.select_from,
+                   study.params_chosen)
   machine = common.machine_info()
   text = [
       f"# {study.title} with DP-SGD (from scratch)", "",

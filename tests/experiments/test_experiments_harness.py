@@ -214,3 +214,18 @@ def test_final_runs_at_the_sweep_epsilon_trace_accuracy_against_wall_clock(
   assert path.read_bytes()[:4] == b"\x89PNG"
   assert not harness.plot_wallclock(study, records[:0], {}, tmp_path / "x.png")
   assert not (tmp_path / "x.png").exists()
+
+
+def test_a_validation_choice_made_outside_the_sweep_picks_the_reported_params():
+  records = [{"stage": "final", "model": "m", "eps": 3, "seed": 0,
+              "accuracy": {"last": 0.80, "ema_0.999": 0.82}, "wall_s": 1.0,
+              "num_updates": 1, "expected_batch_size": 1,
+              "noise_multiplier": 1.0}]
+  default = harness.summarize(records, {})
+  chosen = harness.summarize(records, {}, params_chosen={"m": "ema_0.999"})
+  assert (default[0]["params"], default[0]["median"]) == ("last", 0.80)
+  assert (chosen[0]["params"], chosen[0]["median"]) == ("ema_0.999", 0.82)
+  # A sweep's own choice wins over the outside one.
+  swept = harness.summarize(records, {"m": {"params": "last"}},
+                            params_chosen={"m": "ema_0.999"})
+  assert swept[0]["params"] == "last"

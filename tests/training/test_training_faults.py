@@ -32,10 +32,19 @@ def _truncate_largest_file(folder) -> None:
 
 
 @pytest.fixture(scope="module")
-def finished_run(fashion_mnist_dir, tmp_path_factory):
+def _trained(fashion_mnist_dir, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("faults")
   config = _config(fashion_mnist_dir, tmp_path_factory.mktemp("cache"))
   final = loop.train(config, workdir=workdir)
+  # An untouched copy, made before any test damages the shared workdir.
+  pristine = tmp_path_factory.mktemp("pristine") / "run"
+  shutil.copytree(workdir, pristine)
+  return workdir, config, final, pristine
+
+
+@pytest.fixture(scope="module")
+def finished_run(_trained):
+  workdir, config, final, _ = _trained
   return workdir, config, final
 
 
@@ -123,24 +132,24 @@ def test_an_unwritable_workdir_is_a_config_error_that_names_it(
     loop.train(config, workdir=blocker / "run")
 
 
-def _copy_run(finished_run, tmp_path):
-  workdir, config, _ = finished_run
+def _copy_run(trained, tmp_path):
+  _, config, _, pristine = trained
   copy = tmp_path / "copy"
-  shutil.copytree(workdir, copy)
+  shutil.copytree(pristine, copy)
   return copy, config
 
 
 def test_checkpoints_without_their_secret_file_refuse_to_resume(
-    finished_run, tmp_path):
-  workdir, config = _copy_run(finished_run, tmp_path)
+    _trained, tmp_path):
+  workdir, config = _copy_run(_trained, tmp_path)
   (workdir / secret_file.SECRET_FILE).unlink()
   with pytest.raises(config_lib.ConfigError,
                      match="holds checkpoints but no secret_randomness.json"):
     loop.train(config, workdir=workdir)
 
 
-def test_a_secret_file_of_another_run_is_refused(finished_run, tmp_path):
-  workdir, config = _copy_run(finished_run, tmp_path)
+def test_a_secret_file_of_another_run_is_refused(_trained, tmp_path):
+  workdir, config = _copy_run(_trained, tmp_path)
   other = tmp_path / "other"
   other.mkdir()
   # A second run's secret (the same config, fresh OS entropy).
@@ -152,8 +161,8 @@ def test_a_secret_file_of_another_run_is_refused(finished_run, tmp_path):
     loop.train(config, workdir=workdir)
 
 
-def test_an_unreadable_secret_file_is_named(finished_run, tmp_path):
-  workdir, config = _copy_run(finished_run, tmp_path)
+def test_an_unreadable_secret_file_is_named(_trained, tmp_path):
+  workdir, config = _copy_run(_trained, tmp_path)
   (workdir / secret_file.SECRET_FILE).write_text("{ torn")
   with pytest.raises(config_lib.ConfigError, match="cannot be read"):
     loop.train(config, workdir=workdir)
