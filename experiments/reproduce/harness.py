@@ -363,11 +363,19 @@ def plot(study: Study, rows: Sequence[Mapping[str, Any]],
     ax.errorbar([p[0] for p in points], [100 * p[1] for p in points],
                 yerr=[100 * p[2] for p in points], marker="o", capsize=3,
                 label=model)
+  _finish_plot(study, fig, ax, path, xlabel="epsilon",
+               title=f"{study.title}, DP-SGD from scratch")
+
+
+def _finish_plot(study: Study, fig, ax, path: pathlib.Path, *, xlabel: str,
+                 title: str) -> None:
+  """Reference lines, labels, grid and legend; saves and closes `fig`."""
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   for value, label in study.reference_lines:
     ax.axhline(value, color="grey", linestyle=":", label=label)
-  ax.set_xlabel("epsilon")
+  ax.set_xlabel(xlabel)
   ax.set_ylabel("test accuracy (%)")
-  ax.set_title(f"{study.title}, DP-SGD from scratch")
+  ax.set_title(title)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
   fig.tight_layout()
@@ -402,16 +410,10 @@ def plot_wallclock(study: Study, records: Iterable[Mapping[str, Any]],
                     color=colours.get(model),
                     label=None if model in colours else model)
     colours[model] = line.get_color()
-  for value, label in study.reference_lines:
-    ax.axhline(value, color="grey", linestyle=":", label=label)
-  ax.set_xlabel("training wall-clock (min, 2-core CPU; evaluations excluded)")
-  ax.set_ylabel("test accuracy (%)")
-  ax.set_title(f"{study.title}, eps = {study.sweep_epsilon:g}")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _finish_plot(
+      study, fig, ax, path,
+      xlabel="training wall-clock (min, 2-core CPU; evaluations excluded)",
+      title=f"{study.title}, eps = {study.sweep_epsilon:g}")
   return True
 
 
