@@ -101,11 +101,12 @@ class EqTramerCNN(hk.Module):
     """Feature map before the head: [B, H/2 - 3... , n2] (4x4 for 28x28)."""
     layers.check_images(images, model="eq_tramer_cnn")
     height, width = images.shape[-3:-1]
-    if height % 4 or width % 4:
+    if height % 4 or width % 4 or min(height, width) < 16:
       raise ValueError(
           f"eq_tramer_cnn: image height and width must be multiples of 4 for "
-          f"a grid-symmetric stride-2 step, got {height}x{width}; crop or pad "
-          "the images (e.g. 28x28, 32x32)."
+          f"a grid-symmetric stride-2 step, and at least 16 (smaller maps "
+          f"vanish before the head), got {height}x{width}; crop, pad or "
+          "resize the images (e.g. 28x28, 32x32)."
       )
     act = self.activation
     in_type = eqnn.FieldType.trivial(self.group, images.shape[-1])

@@ -84,6 +84,70 @@ def _plan(in_type: FieldType, out_type: FieldType, kernel_size: int):
   }
 
 
+def _coefficient_name(a: int, b: int, multiple: bool) -> str:
+  return f"coefficients_{a}_{b}" if multiple else "coefficients"
+
+
+def _expand_kernel(plan, kernel_size: int, coefficients: list,
+                   weight_standardization: bool) -> jax.Array:
+  """HWIO kernel from the coefficients of each pair (None: empty basis)."""
+  if weight_standardization:
+    flat = jnp.concatenate([w.ravel() for w in coefficients if w is not None])
+    mean, std = jnp.mean(flat), jnp.std(flat)
+    coefficients = [
+        None if w is None else (w - mean) / (std + _WS_EPS)
+        for w in coefficients
+    ]
+  k = kernel_size
+  rows = []
+  for a, (in_rep, in_count) in enumerate(plan["in_kinds"]):
+    blocks = []
+    for (pair_a, b, _, out_count, basis), w in zip(
+        plan["pairs"], coefficients, strict=True
+    ):
+      if pair_a != a:
+        continue
+      out_rep = plan["out_kinds"][b][0]
+      shape = (k, k, in_count * in_rep.size, out_count * out_rep.size)
+      if w is None:
+        blocks.append(jnp.zeros(shape, jnp.float32))
+      else:
+        block = jnp.einsum("mnb,bhwio->hwmino", w, jnp.asarray(basis))
+        blocks.append(block.reshape(shape))
+    rows.append(jnp.concatenate(blocks, axis=3) if len(blocks) > 1 else blocks[0])
+  kernel = jnp.concatenate(rows, axis=2) if len(rows) > 1 else rows[0]
+  if plan["in_gather"] is not None:
+    kernel = kernel[:, :, plan["in_gather"], :]
+  if plan["out_gather"] is not None:
+    kernel = kernel[:, :, :, plan["out_gather"]]
+  return kernel
+
+
+def kernel_and_bias_fn(layer: R2Conv):
+  """The layer's parameters -> (HWIO kernel, per-channel bias or None).
+
+  A pure function of the layer's parameter dict (no Haiku context), the same
+  expansion `R2Conv.__call__` uses: for code that needs the kernel as a
+  function of the coefficients (e.g. dpeq.privacy.ghost_clipping's per-example norms).
+  """
+  plan, size = layer._plan, layer.kernel_size
+  standardize = layer.weight_standardization
+  multiple = len(plan["pairs"]) > 1
+  names = [_coefficient_name(a, b, multiple) if basis.shape[0] else None
+           for a, b, _, _, basis in plan["pairs"]]
+  with_bias = layer.with_bias and layer.out_type.num_trivial
+
+  def fn(params):
+    coefficients = [None if n is None else params[n] for n in names]
+    kernel = _expand_kernel(plan, size, coefficients, standardize)
+    bias = None
+    if with_bias:
+      bias = params["bias"] @ jnp.asarray(plan["bias_basis"])
+    return kernel, bias
+
+  return fn
+
+
 def _sort_fields(field_type: FieldType):
   """Distinct representations (first-appearance order) and channel order.
 
@@ -212,58 +276,22 @@ class R2Conv(hk.Module):
     )
 
   def _coefficients(self) -> list:
-    plan = self._plan
-    multiple = len(plan["pairs"]) > 1
-    coefficients = []
-    for a, b, in_count, out_count, basis in plan["pairs"]:
-      if not basis.shape[0]:
-        coefficients.append(None)
-        continue
-      name = f"coefficients_{a}_{b}" if multiple else "coefficients"
-      coefficients.append(
-          hk.get_parameter(
-              name,
-              (in_count, out_count, basis.shape[0]),
-              jnp.float32,
-              init=hk.initializers.RandomNormal(stddev=plan["init_std"][b]),
-          )
-      )
-    if self.weight_standardization:
-      flat = jnp.concatenate([w.ravel() for w in coefficients if w is not None])
-      mean, std = jnp.mean(flat), jnp.std(flat)
-      coefficients = [
-          None if w is None else (w - mean) / (std + _WS_EPS)
-          for w in coefficients
-      ]
-    return coefficients
+    multiple = len(self._plan["pairs"]) > 1
+    return [
+        None if not basis.shape[0] else hk.get_parameter(
+            _coefficient_name(a, b, multiple),
+            (in_count, out_count, basis.shape[0]),
+            jnp.float32,
+            init=hk.initializers.RandomNormal(
+                stddev=self._plan["init_std"][b]),
+        )
+        for a, b, in_count, out_count, basis in self._plan["pairs"]
+    ]
 
   def kernel(self) -> jax.Array:
     """The expanded HWIO kernel [k, k, in_type.size, out_type.size] (float32)."""
-    plan = self._plan
-    k = self.kernel_size
-    coefficients = self._coefficients()
-    rows = []
-    for a, (in_rep, in_count) in enumerate(plan["in_kinds"]):
-      blocks = []
-      for (pair_a, b, _, out_count, basis), w in zip(
-          plan["pairs"], coefficients, strict=True
-      ):
-        if pair_a != a:
-          continue
-        out_rep = plan["out_kinds"][b][0]
-        shape = (k, k, in_count * in_rep.size, out_count * out_rep.size)
-        if w is None:
-          blocks.append(jnp.zeros(shape, jnp.float32))
-        else:
-          block = jnp.einsum("mnb,bhwio->hwmino", w, jnp.asarray(basis))
-          blocks.append(block.reshape(shape))
-      rows.append(jnp.concatenate(blocks, axis=3) if len(blocks) > 1 else blocks[0])
-    kernel = jnp.concatenate(rows, axis=2) if len(rows) > 1 else rows[0]
-    if plan["in_gather"] is not None:
-      kernel = kernel[:, :, plan["in_gather"], :]
-    if plan["out_gather"] is not None:
-      kernel = kernel[:, :, :, plan["out_gather"]]
-    return kernel
+    return _expand_kernel(self._plan, self.kernel_size, self._coefficients(),
+                          self.weight_standardization)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """Convolves x [..., H, W, in_type.size] -> [..., H', W', out_type.size]."""

@@ -46,17 +46,26 @@ def _affine(field_type: FieldType, y: jax.Array) -> jax.Array:
   The shift ("offset" [num_trivial], init 0) acts along
   `field_type.trivial_basis`, i.e. only on the trivial components.
   """
-  scale = hk.get_parameter(
-      "scale", (field_type.num_fields,), jnp.float32, init=jnp.ones
-  )
-  channel_field = np.repeat(np.arange(field_type.num_fields), field_type.field_sizes)
-  y = y * scale[channel_field].astype(y.dtype)
+  params = {"scale": hk.get_parameter(
+      "scale", (field_type.num_fields,), jnp.float32, init=jnp.ones)}
   if field_type.num_trivial:
-    offset = hk.get_parameter(
-        "offset", (field_type.num_trivial,), jnp.float32, init=jnp.zeros
-    )
+    params["offset"] = hk.get_parameter(
+        "offset", (field_type.num_trivial,), jnp.float32, init=jnp.zeros)
+  return apply_affine(field_type, params, y)
+
+
+def apply_affine(field_type: FieldType, params, y: jax.Array) -> jax.Array:
+  """The equivariant affine map of `_affine` as a pure function of params.
+
+  `params`: {"scale": [num_fields]} and, when the type has trivial
+  components, {"offset": [num_trivial]}; y [..., field_type.size].
+  """
+  channel_field = np.repeat(np.arange(field_type.num_fields),
+                            field_type.field_sizes)
+  y = y * params["scale"][channel_field].astype(y.dtype)
+  if "offset" in params:
     basis = jnp.asarray(field_type.trivial_basis, jnp.float32)
-    y = y + (offset @ basis).astype(y.dtype)
+    y = y + (params["offset"] @ basis).astype(y.dtype)
   return y
 
 

@@ -8,16 +8,21 @@
   accounting         epsilon, calibration of sigma / steps / batch size, the
                      privacy ledger (dp_accounting, PLD or RDP).
   conv_weight_grads  fast per-example conv weight gradients (XLA:CPU).
+  ghost_clipping     the same norms and clipped sum without per-example
+                     gradients (Bu et al.'s mixed ghost clipping, Haiku
+                     models); ghost_layers holds its exact per-layer rules.
 """
 
 from dpeq.privacy import (
                           accounting,
                           clipping,
                           conv_weight_grads,
+                          ghost_clipping,
+                          ghost_layers,
                           noise,
                           randomness,
                           sampling,
 )
 
-__all__ = ["accounting", "clipping", "conv_weight_grads", "noise", "randomness",
-           "sampling"]
+__all__ = ["accounting", "clipping", "conv_weight_grads", "ghost_clipping",
+           "ghost_layers", "noise", "randomness", "sampling"]

@@ -31,6 +31,33 @@ LossFn = Callable[[PyTree, PyTree], tuple[jax.Array, PyTree]]
 
 
 @dataclasses.dataclass(frozen=True)
+class PerExampleGradients:
+  """What a per-example-gradient strategy returns for one (micro-)batch.
+
+  The guarantee rests on exactly two facts about it, which every strategy
+  must meet (tests/privacy/test_privacy_ghost_clipping.py checks ghost
+  clipping against `vmap_gradients`):
+
+  Attributes:
+    norms: float32 [B]: the exact global L2 norm (all leaves) of each row's
+      gradient of its MEAN loss over its K views; inf/nan when not finite.
+    aux: pytree of [B, ...]: the per-example aux outputs of the loss.
+    weighted_sum: `weighted_sum(w) -> like params` for w float32 [B]: the sum
+      over rows of w_i times row i's gradient, in which a row with w_i = 0
+      contributes exactly zero, even when its gradient is not finite.
+  """
+
+  norms: jax.Array
+  aux: PyTree
+  weighted_sum: Callable[[jax.Array], PyTree]
+
+
+# strategy(loss_fn, params, batch) -> PerExampleGradients. A performance
+# choice: every strategy yields the same norms and the same clipped sum.
+GradientStrategy = Callable[[LossFn, PyTree, PyTree], PerExampleGradients]
+
+
+@dataclasses.dataclass(frozen=True)
 class ClippedGradSum:
   """Sum of clipped per-example gradients of one (micro-)batch.
 
@@ -125,6 +152,7 @@ def clipped_grad_sum(
     l2_clip_norm: float,
     micro_batch_size: int | None = None,
     rescale_to_unit_norm: bool = False,
+    per_example_gradients: GradientStrategy | None = None,
 ) -> ClippedGradSum:
   """Sum over real examples of clipped per-example gradients.
 
@@ -143,6 +171,11 @@ def clipped_grad_sum(
       float32 summation order.
     rescale_to_unit_norm: De et al.: divide each clipped gradient by C, so
       its norm is <= 1 and the sensitivity is 1 (the learning rate absorbs C).
+    per_example_gradients: how the norms and the weighted sum are computed
+      (a PerExampleGradients strategy); None: `vmap_gradients`. E.g.
+      dpeq.privacy.ghost_clipping.ghost_gradients for Haiku models (Bu et
+      al.'s mixed ghost clipping). The result does not depend on it beyond
+      float rounding.
 
   Returns:
     A ClippedGradSum with sensitivity C (or 1 with rescale_to_unit_norm).
@@ -163,19 +196,23 @@ def clipped_grad_sum(
         f"divides the batch size {batch_size}: pad the batch to a multiple of "
         "it (e.g. PoissonSampler(pad_multiple=micro_batch_size))."
     )
+  strategy = per_example_gradients or vmap_gradients
   result = None
   for start in range(0, batch_size, micro_batch_size):
     chunk = jax.tree.map(lambda x, s=start: x[s:s + micro_batch_size], batch)
-    part = _clipped_grad_sum_one_pass(
-        loss_fn, params, chunk, mask[start:start + micro_batch_size],
+    part = _clip_and_sum(
+        strategy(loss_fn, params, chunk), mask[start:start + micro_batch_size],
         l2_clip_norm=l2_clip_norm, rescale_to_unit_norm=rescale_to_unit_norm)
     result = part if result is None else result.merge(part)
   return result
 
 
-def _clipped_grad_sum_one_pass(loss_fn, params, batch, mask, *, l2_clip_norm,
-                               rescale_to_unit_norm):
-  """One vmapped pass over all rows of `batch`."""
+def vmap_gradients(loss_fn: LossFn, params: PyTree,
+                   batch: PyTree) -> PerExampleGradients:
+  """Per-example gradients materialised with jax.vmap(jax.grad(...)).
+
+  Works for any loss; memory ~ B x the number of parameters.
+  """
 
   def mean_loss(p, views):
     losses, aux = loss_fn(p, views)
@@ -194,6 +231,29 @@ def _clipped_grad_sum_one_pass(loss_fn, params, batch, mask, *, l2_clip_norm,
   grads, aux = jax.vmap(grad_fn, in_axes=(None, 0))(params, batch)
   norms = global_norms(grads)
   finite = jnp.isfinite(norms)
+
+  def weighted_sum(weights):
+    # A dot over the batch axis (XLA:CPU reduces a leading axis with jnp.sum
+    # several times slower), at HIGHEST precision so that no backend rounds
+    # the clipped gradients (e.g. to TF32).
+    dot = lambda g: jnp.tensordot(weights.astype(g.dtype), g, axes=(0, 0),
+                                  precision=jax.lax.Precision.HIGHEST)
+    # Rows of weight 0 vanish exactly when finite; only when some row is
+    # non-finite (0 * inf = nan) must they be masked first.
+    drop = weights != 0
+    masked = lambda g: dot(jnp.where(_expand(drop, g), g,
+                                     jnp.zeros((), g.dtype)))
+    return jax.lax.cond(jnp.all(finite), lambda: jax.tree.map(dot, grads),
+                        lambda: jax.tree.map(masked, grads))
+
+  return PerExampleGradients(norms=norms, aux=aux, weighted_sum=weighted_sum)
+
+
+def _clip_and_sum(per_example: PerExampleGradients, mask, *, l2_clip_norm,
+                  rescale_to_unit_norm) -> ClippedGradSum:
+  """Clip factors from the norms, then one weighted sum: the guarantee."""
+  norms = per_example.norms
+  finite = jnp.isfinite(norms)
   keep = mask & finite
   # min(1, C / norm), computed safely at norm = 0 and for dropped rows.
   safe_norms = jnp.where(keep, norms, 1.0)
@@ -201,25 +261,11 @@ def _clipped_grad_sum_one_pass(loss_fn, params, batch, mask, *, l2_clip_norm,
   if rescale_to_unit_norm:
     scale = scale / l2_clip_norm
   scale = jnp.where(keep, scale, 0.0)
-
-  def weighted_sum(grads):
-    # A dot over the batch axis (XLA:CPU reduces a leading axis with jnp.sum
-    # several times slower), at HIGHEST precision so that no backend rounds
-    # the clipped gradients (e.g. to TF32).
-    dot = lambda g: jnp.tensordot(scale.astype(g.dtype), g, axes=(0, 0),
-                                  precision=jax.lax.Precision.HIGHEST)
-    # Dropped rows have scale 0, which zeroes finite rows exactly; only when
-    # some row is non-finite (0 * inf = nan) must they be masked first.
-    masked = lambda g: dot(jnp.where(_expand(finite, g), g,
-                                     jnp.zeros((), g.dtype)))
-    return jax.lax.cond(jnp.all(finite), lambda: jax.tree.map(dot, grads),
-                        lambda: jax.tree.map(masked, grads))
-
   kept_norms = jnp.where(keep, norms, 0.0)
   return ClippedGradSum(
-      grad_sum=weighted_sum(grads),
+      grad_sum=per_example.weighted_sum(scale),
       per_example_norms=jnp.where(mask, norms, 0.0),
-      aux=aux,
+      aux=per_example.aux,
       num_examples=jnp.sum(mask, dtype=jnp.int32),
       num_nonfinite=jnp.sum(mask & ~finite, dtype=jnp.int32),
       num_clipped=jnp.sum(keep & (norms > l2_clip_norm), dtype=jnp.int32),

@@ -33,6 +33,7 @@ from dpeq import paths
 from dpeq.data import augment
 from dpeq.privacy import accounting, sampling
 from dpeq.training import averaging, optimizers
+from dpeq.training import per_example_grads as per_example_grads_lib
 from dpeq.training import update as update_lib
 
 ConfigDict = config_dict.ConfigDict
@@ -40,6 +41,7 @@ ConfigDict = config_dict.ConfigDict
 ACCOUNTANTS = ("pld", "rdp")
 SAMPLINGS = ("poisson", "shuffle")
 LR_SCHEDULES = ("constant", "cosine", "warmup_cosine", "piecewise")
+PER_EXAMPLE_GRADS = per_example_grads_lib.STRATEGIES
 DATA_SOURCES = ("tfds", "raw")
 _EMA_NAME = re.compile(r"^ema_(.+)$")
 
@@ -94,6 +96,10 @@ def base_config() -> ConfigDict:
   c.training.micro_batch_size = 64  # rows per device per micro-step
   c.training.num_updates = _optional(int, 500)  # T updates; None: calibrate
   c.training.augmult = 1  # K augmented views per example
+  # How per-example norms and the clipped sum are computed: "vmap" |
+  # "ghost" (Bu et al.'s mixed ghost clipping) | "auto" (dpeq.privacy.ghost_clipping.
+  # selection). Speed and memory only: the guarantee is the same.
+  c.training.per_example_grads = "vmap"
   c.training.optimizer = ConfigDict()
   c.training.optimizer.name = "sgd"
   c.training.optimizer.learning_rate = 1.0
@@ -345,6 +351,7 @@ def validate(config: ConfigDict) -> None:
           "must be an integer >= 1 (the number of augmented views per "
           "example; 1 means no augmentation multiplicity).")
   opt = t.optimizer
+  _choice(config, "training.per_example_grads", PER_EXAMPLE_GRADS)
   _choice(config, "training.optimizer.name", optimizers.available())
   if not _is_number(opt.learning_rate) or not opt.learning_rate > 0:
     _fail("training.optimizer.learning_rate", opt.learning_rate,

@@ -67,6 +67,7 @@ from dpeq.training import (
 )
 from dpeq.training import config as config_lib
 from dpeq.training import logging as run_logging
+from dpeq.training import per_example_grads as per_example_grads_lib
 from dpeq.training import update as update_lib
 
 ConfigError = config_lib.ConfigError
@@ -199,16 +200,33 @@ class _Run:
     except ValueError as e:
       raise ConfigError(f"config.model ({cfg.model.name!r}): {e}") from None
     self.dp_config = config_lib.make_dp_sgd_config(cfg)
+    loss_fn = make_loss_fn(self.model.apply)
+    self._check_per_example_grads(loss_fn, info.image_shape)
     self.private = update_lib.make_private_update(
-        loss_fn=make_loss_fn(self.model.apply),
+        loss_fn=loss_fn,
         optimizer=config_lib.make_optimizer(cfg),
         config=self.dp_config,
         views_fn=data_lib.views_fn(config_lib.augment_config(cfg), info.mean,
-                                   info.std))
+                                   info.std),
+        per_example_gradients=per_example_grads_lib.strategy(
+            cfg.training.per_example_grads))
     # The model's initialisation is public; noise and augmentation are not.
     self.data_key = randomness.augmentation_key()
     self._compile(jax.random.key(cfg.seed), randomness.noise_key(),
                   info.image_shape)
+
+  def _check_per_example_grads(self, loss_fn, image_shape):
+    """training.per_example_grads='ghost' on a model it cannot run: say so."""
+    name = self.config.training.per_example_grads
+    views = {"images": jax.ShapeDtypeStruct((1, 1, *image_shape), jnp.float32),
+             "labels": jax.ShapeDtypeStruct((1, 1), jnp.int32)}
+    params = jax.eval_shape(self.model.init, jax.random.key(0),
+                            jnp.zeros((1, *image_shape), jnp.float32))
+    try:
+      per_example_grads_lib.check_supported(name, loss_fn, params, views)
+    except ValueError as e:
+      raise ConfigError(f"config.training.per_example_grads={name!r}: {e}"
+                        ) from None
 
   def _compile(self, init_key, noise_key, image_shape):
     """Jitted pieces with their shardings (params replicated, rows split)."""

@@ -142,6 +142,7 @@ def make_private_update(
     optimizer: optax.GradientTransformation,
     config: DpSgdConfig,
     views_fn: ViewsFn | None = None,
+    per_example_gradients: clipping.GradientStrategy | None = None,
 ) -> PrivateUpdate:
   """DP-SGD for any loss: clipping, noise, optimizer step, averaging.
 
@@ -154,6 +155,10 @@ def make_private_update(
     views_fn: `views_fn(key, raw_batch) -> views` with leaves [B, K, ...]
       (e.g. dpeq.data.augment.views_fn); None: K = 1, views = raw batch with
       a views axis added.
+    per_example_gradients: how clipping computes the per-example norms and
+      the clipped sum (a performance choice, same result): None for
+      dpeq.privacy.clipping.vmap_gradients, or e.g.
+      dpeq.privacy.ghost_clipping.ghost_gradients.
 
   Returns:
     A PrivateUpdate with
@@ -196,7 +201,8 @@ def make_private_update(
       views = views_fn(key, batch)
     return clipping.clipped_grad_sum(
         loss_fn, params, views, mask, l2_clip_norm=config.l2_clip_norm,
-        rescale_to_unit_norm=config.rescale_to_unit_norm)
+        rescale_to_unit_norm=config.rescale_to_unit_norm,
+        per_example_gradients=per_example_gradients)
 
   def apply(state: TrainState, clipped: clipping.ClippedGradSum
             ) -> tuple[TrainState, dict[str, jax.Array]]:

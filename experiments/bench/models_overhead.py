@@ -38,6 +38,7 @@ from jax import lax
 
 from dpeq import models
 from dpeq.data import augment
+from dpeq.privacy import clipping, ghost_clipping
 from dpeq.training import update as update_lib
 from experiments.bench import common
 
@@ -175,8 +176,14 @@ def make_loss_fn(apply_fn):
   return loss_fn
 
 
+# The private step's per-example-gradient strategies (dpeq.privacy.clipping).
+PER_EXAMPLE_GRADS = {"vmap": clipping.vmap_gradients,
+                     "ghost": ghost_clipping.ghost_gradients}
+
+
 def make_steps(case: Case, *, batch_size: int, num_views: int,
-               micro_batch_size: int | None = None, seed: int = 0):
+               micro_batch_size: int | None = None, seed: int = 0,
+               per_example_grads: str = "vmap"):
   """The two jittable steps of a case and their example arguments.
 
   Returns:
@@ -209,7 +216,8 @@ def make_steps(case: Case, *, batch_size: int, num_views: int,
       config=update_lib.DpSgdConfig(
           l2_clip_norm=1.0, noise_multiplier=1.0,
           expected_batch_size=batch_size, micro_batch_size=micro_batch_size),
-      views_fn=views_fn)
+      views_fn=views_fn,
+      per_example_gradients=PER_EXAMPLE_GRADS[per_example_grads])
   state = private.init(params, key=jax.random.key(seed + 2))
 
   def private_step(state, batch, mask, key):
@@ -235,12 +243,16 @@ def make_steps(case: Case, *, batch_size: int, num_views: int,
 
 def bench_case(name: str, *, batch_size: int, num_views: int, rounds: int,
                calls_per_round: int = 1, micro_batch_size: int | None = None,
-               conv_grad: str = "dpeq") -> dict[str, Any]:
+               conv_grad: str = "dpeq", per_example_grads: str = "vmap"
+               ) -> dict[str, Any]:
   """Times one case at one K; returns a results row (seconds, MiB).
 
   conv_grad: "dpeq" (the library as it is: on CPU, dpeq.privacy computes
   per-example conv weight gradients per kernel tap) or "patches"
   (`patch_conv_gradients` around both steps: im2col patch matmuls).
+  per_example_grads: the private step's strategy, "vmap" (per-example
+  gradients materialised) or "ghost" (dpeq.privacy.ghost_clipping: mixed
+  ghost clipping).
   """
   if conv_grad not in ("dpeq", "patches"):
     raise ValueError(f"conv_grad={conv_grad!r}: use 'dpeq' or 'patches'.")
@@ -248,7 +260,8 @@ def bench_case(name: str, *, batch_size: int, num_views: int, rounds: int,
   rss_before = common.peak_rss_mib()
   (private_step, private_args, non_private_step, non_private_args,
    num_params) = make_steps(case, batch_size=batch_size, num_views=num_views,
-                            micro_batch_size=micro_batch_size)
+                            micro_batch_size=micro_batch_size,
+                            per_example_grads=per_example_grads)
   with (patch_conv_gradients() if conv_grad == "patches"
         else contextlib.nullcontext()):
     private_c, private_compile = common.compile_timed(private_step,
@@ -271,6 +284,7 @@ def bench_case(name: str, *, batch_size: int, num_views: int, rounds: int,
       "num_views": num_views,
       "micro_batch_size": micro_batch_size,
       "conv_grad": conv_grad,
+      "per_example_grads": per_example_grads,
       "rounds": rounds,
       "private_s": private_s,
       "non_private_s": plain_s,
@@ -289,7 +303,8 @@ def bench_case(name: str, *, batch_size: int, num_views: int, rounds: int,
 
 
 TABLE_COLUMNS = (
-    ("case", "case"), ("conv_grad", "conv grad"), ("num_params", "params"),
+    ("case", "case"), ("per_example_grads", "per-example grads"),
+    ("conv_grad", "conv grad"), ("num_params", "params"),
     ("batch_size", "B"),
     ("num_views", "K"), ("private_s", "private s"),
     ("non_private_s", "non-private s"), ("ratio", "ratio"),
@@ -305,7 +320,7 @@ TABLE_COLUMNS = (
 def run(cases: Sequence[str], *, batch_size: int, views: Sequence[int],
         rounds: int, calls_per_round: int = 1,
         micro_batch_size: int | None = None, conv_grad: str = "dpeq",
-        log=print) -> list[dict]:
+        per_example_grads: str = "vmap", log=print) -> list[dict]:
   """Benchmarks every (case, K); skips a case whose model is not built."""
   unknown = [c for c in cases if c not in CASES]
   if unknown:
@@ -318,14 +333,16 @@ def run(cases: Sequence[str], *, batch_size: int, views: Sequence[int],
         row = bench_case(name, batch_size=batch_size, num_views=num_views,
                          rounds=rounds, calls_per_round=calls_per_round,
                          micro_batch_size=micro_batch_size,
-                         conv_grad=conv_grad)
+                         conv_grad=conv_grad,
+                         per_example_grads=per_example_grads)
       except (ImportError, ModuleNotFoundError) as e:
         log(f"{name}: skipped ({e})")
         rows.append({"case": name, "num_views": num_views,
                      "skipped": f"{type(e).__name__}: {e}"})
         break
       rows.append(row)
-      log(f"{name} K={num_views} {conv_grad}: private {row['private_s'] * 1e3:.1f} ms, "
+      log(f"{name} K={num_views} {conv_grad} {per_example_grads}: private "
+          f"{row['private_s'] * 1e3:.1f} ms, "
           f"non-private {row['non_private_s'] * 1e3:.1f} ms, ratio "
           f"{row['ratio']:.2f} ({time.perf_counter() - start:.0f} s)")
   return rows
@@ -341,12 +358,16 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
   parser.add_argument("--micro_batch_size", type=int, default=None)
   parser.add_argument("--conv_grad", default="dpeq",
                       choices=("dpeq", "patches"))
+  parser.add_argument("--per_example_grads", default="vmap,ghost",
+                      help="comma-separated, from: vmap, ghost")
   parser.add_argument("--json", default=None)
   args = parser.parse_args(argv)
-  rows = run(args.cases.split(","), batch_size=args.batch_size,
-             views=[int(v) for v in args.views.split(",")],
-             rounds=args.rounds, micro_batch_size=args.micro_batch_size,
-             conv_grad=args.conv_grad)
+  rows = []
+  for strategy in args.per_example_grads.split(","):
+    rows += run(args.cases.split(","), batch_size=args.batch_size,
+                views=[int(v) for v in args.views.split(",")],
+                rounds=args.rounds, micro_batch_size=args.micro_batch_size,
+                conv_grad=args.conv_grad, per_example_grads=strategy)
   print(common.markdown_table([r for r in rows if "skipped" not in r],
                               TABLE_COLUMNS))
   if args.json:

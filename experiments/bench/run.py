@@ -179,6 +179,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                       help="comma-separated kernel-gradient formulations to "
                       "time: dpeq (the library's), patches (see "
                       "models_overhead.patch_conv_gradients)")
+  parser.add_argument("--per_example_grads", default="vmap,ghost",
+                      help="comma-separated private-step strategies: vmap "
+                      "(per-example gradients), ghost (dpeq.privacy.ghost_clipping)")
   parser.add_argument("--no_components", action="store_true")
   parser.add_argument("--results_dir", default=str(RESULTS_DIR))
   args = parser.parse_args(argv)
@@ -197,7 +200,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       "machine": common.machine_info(),
       "settings": {"batch_size": batch_size, "views": views,
                    "rounds": rounds, "cases": cases,
-                   "conv_grads": args.conv_grads},
+                   "conv_grads": args.conv_grads,
+                   "per_example_grads": args.per_example_grads},
   }
   results_dir = pathlib.Path(args.results_dir)
   stem = f"bench_{payload['machine']['backend']}"
@@ -210,10 +214,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   payload["models"] = []
   for case in cases:  # Results are saved after every case.
     for conv_grad in args.conv_grads.split(","):
-      payload["models"] += models_overhead.run(
-          [case], batch_size=batch_size, views=views, rounds=rounds,
-          conv_grad=conv_grad)
-      save()
+      for strategy in args.per_example_grads.split(","):
+        payload["models"] += models_overhead.run(
+            [case], batch_size=batch_size, views=views, rounds=rounds,
+            conv_grad=conv_grad, per_example_grads=strategy)
+        save()
   if args.flags:
     payload["variants"] = run_variants(batch_size=batch_size, views=views[:1],
                                        rounds=rounds)

@@ -5,7 +5,7 @@
 
 Arguments (defaults first):
   model  eq_resnet9_c4 | eq_resnet9_d4 | resnet9 | cnn_tramer |
-         eq_tramer_cnn_c4 | eq_tramer_cnn_d4
+         eq_tramer_cnn_d1 | eq_tramer_cnn_c4 | eq_tramer_cnn_d4
          eq_resnet9_*: Hölzl et al.'s Equivariant-ResNet-9, layout (16, 32,
          64) fields by their width rule, last stage restricted to the
          subgroup of half the order;
@@ -36,7 +36,7 @@ from dpeq.training import config as config_lib
 from experiments.configs import common
 
 MODELS = ("eq_resnet9_c4", "eq_resnet9_d4", "resnet9", "cnn_tramer",
-          "eq_tramer_cnn_c4", "eq_tramer_cnn_d4")
+          "eq_tramer_cnn_d1", "eq_tramer_cnn_c4", "eq_tramer_cnn_d4")
 EPSILONS = (3, 1, 2, 8)
 # The config arguments of the CIFAR-10 table.
 EXPERIMENTS = tuple(
@@ -46,11 +46,13 @@ _MODEL = {
     "eq_resnet9_d4": ("eq_resnet9", {"group": "D4", "layout": (16, 32, 64)}),
     "resnet9": ("resnet9", {"layout": (16, 32, 64)}),
     "cnn_tramer": ("cnn_tramer_cifar10", {}),
+    "eq_tramer_cnn_d1": ("eq_tramer_cnn", {"group": "D1"}),
     "eq_tramer_cnn_c4": ("eq_tramer_cnn", {"group": "C4"}),
     "eq_tramer_cnn_d4": ("eq_tramer_cnn", {"group": "D4"}),
 }
 # Tramèr & Boneh's optimizer for their tanh networks.
-_TRAMER_OPTIMIZER = ("cnn_tramer", "eq_tramer_cnn_c4", "eq_tramer_cnn_d4")
+_TRAMER_OPTIMIZER = ("cnn_tramer", "eq_tramer_cnn_d1", "eq_tramer_cnn_c4",
+                     "eq_tramer_cnn_d4")
 
 
 def get_config(arg: str = ""):

@@ -45,16 +45,17 @@ SELECT_FROM = {"eq_resnet9_d4": "eq_resnet9_c4"}
 # XLA:CPU keeping ~1 of the 2 cores busy), so its 180 updates take ~65 min;
 # D4 and resnet9 are scaled by the same 0.72 (estimates, not yet measured).
 # Each record keeps the wall-clock it took.
-# The tanh CNNs were timed (clipped-gradient sum, B = 256, micro-batch 128)
-# while another run shared the CPU and scaled to idle by the same model's
-# ratio on Fashion-MNIST (0.54): cnn_tramer ~160, eq_tramer_cnn C4 ~1000 and
-# D4 ~1170 examples/s; lengths for ~50 min of training (estimates).
+# The tanh CNNs: clipped-gradient sum at B = 256, micro-batch 128, timed on
+# the idle 2-core CPU (2026-12-01): cnn_tramer 215, eq_tramer_cnn D1 1336 and
+# C4 1225 examples/s (D4 not timed: an estimate from C4); lengths for ~45-50
+# min of gradients plus sampling, augmentation and evaluation.
 FINAL_LENGTH = {
     "eq_resnet9_c4": {"training.num_updates": 180},
     "eq_resnet9_d4": {"training.num_updates": 80},
     "resnet9": {"training.num_updates": 360},
-    "cnn_tramer": {"training.num_updates": 450},
-    "eq_tramer_cnn_c4": {"training.num_updates": 2400},
+    "cnn_tramer": {"training.num_updates": 600},
+    "eq_tramer_cnn_d1": {"training.num_updates": 3000},
+    "eq_tramer_cnn_c4": {"training.num_updates": 2800},
     "eq_tramer_cnn_d4": {"training.num_updates": 2800},
 }
 

@@ -113,7 +113,8 @@ def test_cifar10_study_configs_are_valid_and_sweep_holds_out_the_test_set():
             .model.kwargs.to_dict().get("group") for m in study.models}
   assert groups == {"eq_resnet9_c4": "C4", "eq_resnet9_d4": "D4",
                     "resnet9": None, "cnn_tramer": None,
-                    "eq_tramer_cnn_c4": "C4", "eq_tramer_cnn_d4": "D4"}
+                    "eq_tramer_cnn_d1": "D1", "eq_tramer_cnn_c4": "C4",
+                    "eq_tramer_cnn_d4": "D4"}
 
 
 def test_bench_case_runs_both_updates_on_the_same_views():

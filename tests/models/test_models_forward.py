@@ -88,3 +88,6 @@ def test_eq_tramer_cnn_refuses_sizes_that_break_the_grid_symmetry():
   model = dpeq.models.create("eq_tramer_cnn", num_classes=NUM_CLASSES)
   with pytest.raises(ValueError, match="multiples of 4.*30x30"):
     jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 30, 30, 1)))
+  # 12x12 is a multiple of 4 but its maps vanish before the head.
+  with pytest.raises(ValueError, match="at least 16.*12x12"):
+    jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 12, 12, 1)))

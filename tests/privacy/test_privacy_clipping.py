@@ -11,6 +11,7 @@ import optax
 import pytest
 
 from dpeq.privacy import clipping
+from dpeq.privacy.ghost_clipping import ghost_gradients
 
 NUM_CLASSES = 3
 BATCH = 14  # Divisible by 1, 2 and 7 micro-batches.
@@ -53,7 +54,10 @@ def _batch(num_views, seed=0):
 # compilation (eager calls would compile op by op, ~6 s per shape).
 _clipped = jax.jit(
     functools.partial(clipping.clipped_grad_sum, _loss_fn),
-    static_argnames=("l2_clip_norm", "micro_batch_size", "rescale_to_unit_norm"))
+    static_argnames=("l2_clip_norm", "micro_batch_size", "rescale_to_unit_norm",
+                     "per_example_gradients"))
+# Both per-example-gradient strategies meet the same naive loop.
+STRATEGIES = {"vmap": clipping.vmap_gradients, "ghost": ghost_gradients}
 
 _single_grad = jax.jit(jax.grad(lambda p, v: jnp.mean(_loss_fn(p, v)[0])))
 
@@ -86,13 +90,14 @@ def _assert_tree_close(actual, expected, rtol=1e-5, atol=1e-7):
 
 # Without jit every new shape compiles op by op (~6 s each on CPU), so the
 # eager path runs on two of the six (views, micro-batches) combinations.
-@pytest.mark.parametrize("use_jit,num_views,num_micro_batches", [
-    (True, 1, 1), (True, 1, 2), (True, 1, 7),
-    (True, 4, 1), (True, 4, 2), (True, 4, 7),
-    (False, 1, 2), (False, 4, 1),
+@pytest.mark.parametrize("use_jit,num_views,num_micro_batches,strategy", [
+    (True, 1, 1, "vmap"), (True, 1, 2, "vmap"), (True, 1, 7, "vmap"),
+    (True, 4, 1, "vmap"), (True, 4, 2, "vmap"), (True, 4, 7, "vmap"),
+    (False, 1, 2, "vmap"), (False, 4, 1, "vmap"),
+    (True, 1, 1, "ghost"), (True, 4, 2, "ghost"), (True, 4, 7, "ghost"),
 ])
 def test_clipped_sum_equals_naive_loop(params, use_jit, num_views,
-                                       num_micro_batches):
+                                       num_micro_batches, strategy):
   batch, mask = _batch(num_views)
   _, norms = _naive(params, batch, mask, 1.0)
   # Clip between two middle norms: both branches (clipped / kept) run.
@@ -101,11 +106,13 @@ def test_clipped_sum_equals_naive_loop(params, use_jit, num_views,
   expected, norms = _naive(params, batch, mask, clip)
   if use_jit:
     result = _clipped(params, batch, mask, l2_clip_norm=clip,
-                      micro_batch_size=BATCH // num_micro_batches)
+                      micro_batch_size=BATCH // num_micro_batches,
+                      per_example_gradients=STRATEGIES[strategy])
   else:
     result = clipping.clipped_grad_sum(
         _loss_fn, params, batch, mask, l2_clip_norm=clip,
-        micro_batch_size=BATCH // num_micro_batches)
+        micro_batch_size=BATCH // num_micro_batches,
+        per_example_gradients=STRATEGIES[strategy])
   _assert_tree_close(result.grad_sum, expected)
   np.testing.assert_allclose(result.per_example_norms, norms, rtol=1e-5)
   real = np.asarray(mask)
@@ -119,32 +126,38 @@ def test_clipped_sum_equals_naive_loop(params, use_jit, num_views,
   assert result.sensitivity == clip
 
 
-def test_rescale_to_unit_norm_matches_naive_and_has_sensitivity_one(params):
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_rescale_to_unit_norm_matches_naive_and_has_sensitivity_one(
+    params, strategy):
   batch, mask = _batch(2, seed=1)
   clip = 0.05
   expected, _ = _naive(params, batch, mask, clip, rescale=True)
+  strategy = STRATEGIES[strategy]
   result = _clipped(params, batch, mask, l2_clip_norm=clip,
-                    rescale_to_unit_norm=True)
+                    rescale_to_unit_norm=True, per_example_gradients=strategy)
   _assert_tree_close(result.grad_sum, expected)
   assert result.sensitivity == 1.0
   # Each rescaled contribution has norm <= 1: removing any one example moves
   # the sum by at most 1 (and by ~1 here, since every example is clipped).
   for i in np.flatnonzero(np.asarray(mask)):
     removed = _clipped(params, batch, mask.at[i].set(False), l2_clip_norm=clip,
-                       rescale_to_unit_norm=True)
+                       rescale_to_unit_norm=True,
+                       per_example_gradients=strategy)
     diff = optax.tree.norm(
         jax.tree.map(jnp.subtract, result.grad_sum, removed.grad_sum))
     assert 0.99 < float(diff) <= 1.0 + 1e-6
 
 
-def test_nonfinite_rows_contribute_zero_and_are_counted(params):
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_nonfinite_rows_contribute_zero_and_are_counted(params, strategy):
   batch, mask = _batch(1, seed=2)
   images = np.array(batch["images"])
   images[0] = np.nan
   images[5] = np.inf
   poisoned = dict(batch, images=jnp.asarray(images))
   clean_mask = mask.at[0].set(False).at[5].set(False)
-  result = _clipped(params, poisoned, mask, l2_clip_norm=0.5)
+  result = _clipped(params, poisoned, mask, l2_clip_norm=0.5,
+                    per_example_gradients=STRATEGIES[strategy])
   expected, _ = _naive(params, batch, clean_mask, 0.5)
   _assert_tree_close(result.grad_sum, expected)
   assert int(result.num_nonfinite) == 2

@@ -10,6 +10,7 @@ import optax
 import pytest
 
 from dpeq.privacy import clipping
+from dpeq.privacy.ghost_clipping import ghost_gradients
 
 CLIP = 0.3
 BATCH, VIEWS = 8, 2
@@ -33,7 +34,10 @@ def _loss_fn(params, views):
 
 _clipped = jax.jit(
     functools.partial(clipping.clipped_grad_sum, _loss_fn),
-    static_argnames=("l2_clip_norm", "rescale_to_unit_norm"))
+    static_argnames=("l2_clip_norm", "rescale_to_unit_norm",
+                     "per_example_gradients"))
+# Both per-example-gradient strategies: materialised (vmap) and ghost norms.
+STRATEGIES = {"vmap": clipping.vmap_gradients, "ghost": ghost_gradients}
 
 
 @pytest.fixture(scope="module")
@@ -68,13 +72,15 @@ def _neighbours(images, labels, mask):
   yield "replaced_by_huge", replaced, mask, 2
 
 
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 @pytest.mark.parametrize("rescale", [False, True])
-def test_neighbouring_batches_differ_by_at_most_the_sensitivity(setup,
-                                                                rescale):
+def test_neighbouring_batches_differ_by_at_most_the_sensitivity(
+    setup, rescale, strategy):
   params, images, labels, mask = setup
   run = lambda im, m: _clipped(
       params, {"images": jnp.asarray(im), "labels": jnp.asarray(labels)},
-      jnp.asarray(m), l2_clip_norm=CLIP, rescale_to_unit_norm=rescale)
+      jnp.asarray(m), l2_clip_norm=CLIP, rescale_to_unit_norm=rescale,
+      per_example_gradients=STRATEGIES[strategy])
   base = run(images, mask)
   sensitivity = base.sensitivity
   assert sensitivity == (1.0 if rescale else CLIP)

@@ -277,3 +277,38 @@ def test_reproducible_mode_is_labelled_and_eval_on_training_data_too(
   assert '"params"' not in released  # evaluations on training data stay out
   assert "NOT private" in (workdir / release.RELEASE_DIR / "README.md"
                            ).read_text()
+
+
+def test_ghost_and_vmap_runs_train_the_same_params(fashion_mnist_dir,
+                                                   tmp_path):
+  """per_example_grads is speed only: same noise, batches, updates."""
+  finals = {}
+  for name in ("vmap", "ghost", "auto"):
+    config = helpers_tiny_config.get_config("updates=2,reproducible=7")
+    config.data.raw_dir = str(fashion_mnist_dir)
+    config.data.cache_dir = str(tmp_path / "cache")
+    config.training.per_example_grads = name
+    workdir = tmp_path / name
+    loop.train(config, workdir=workdir)
+    state, _ = checkpointing.read_checkpoint(workdir)
+    finals[name] = helpers_runner.flat(state["params"])
+  for name in ("ghost", "auto"):
+    assert finals[name].keys() == finals["vmap"].keys()
+    for key, value in finals["vmap"].items():
+      np.testing.assert_allclose(finals[name][key], value, rtol=2e-4,
+                                 atol=2e-6, err_msg=f"{name}: {key}")
+
+
+def test_ghost_on_a_model_without_rules_is_a_config_error(fashion_mnist_dir,
+                                                          tmp_path):
+  config = helpers_tiny_config.get_config("updates=1")
+  config.data.raw_dir = str(fashion_mnist_dir)
+  config.data.cache_dir = str(tmp_path / "cache")
+  config.model.name = "nf_resnet50"
+  config.training.per_example_grads = "ghost"
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"per_example_grads='ghost'.*NFBottleneck"):
+    loop.train(config, workdir=tmp_path / "run")
+  config.training.per_example_grads = "fast"
+  with pytest.raises(config_lib.ConfigError, match="per_example_grads"):
+    loop.train(config, workdir=tmp_path / "run2")
