@@ -15,6 +15,13 @@ with `sensitivity = l2_clip_norm` (or 1 when `rescale_to_unit_norm`). This
 holds for every value of the example, including ones whose gradient is
 non-finite: such examples contribute exactly zero (and are counted), a
 decision that depends on that example alone.
+
+The norms and the weighted sum come from a per-example-gradient strategy
+(`PerExampleGradients`): `vmap_gradients` materialises the per-example
+gradients; dpeq.privacy.ghost_clipping computes the same numbers without
+them. The bound above holds for any strategy whose norms are the exact
+norms of the gradients its weighted sum adds; clipping itself
+(`_clip_and_sum`) is shared.
 """
 
 import dataclasses

@@ -172,30 +172,52 @@ class ConvRule:
       route = self.route_override if self.kernel_is_param else "instantiate"
     return Choice(route, positions, fan_in, y_shape[-1])
 
-  def _patches(self, x):
-    """[B, T, C_in * kh * kw] (features ordered (C_in, kh, kw))."""
+  def _taps(self, x):
+    """The input seen by each kernel tap: kh * kw arrays [B, T, C_in].
+
+    Strided slices of the padded input (data movement only; XLA:CPU runs
+    conv_general_dilated_patches as a convolution with an identity kernel,
+    p times the work). Tap (i, j) is kernel[i, j] in HWIO.
+    """
     batch = x.shape[0]
     images = x.reshape((-1,) + x.shape[-3:])
-    patches = jax.lax.conv_general_dilated_patches(
-        images, filter_shape=self.kernel_shape, window_strides=self.stride,
-        padding=self.padding, rhs_dilation=self.dilation,
-        dimension_numbers=("NHWC", "OIHW", "NHWC"), **_DOT)
-    return patches.reshape(batch, -1, patches.shape[-1])
+    (kh, kw), (sh, sw), (dh, dw) = (self.kernel_shape, self.stride,
+                                    self.dilation)
+    height, width = images.shape[1:3]
+    if isinstance(self.padding, str):
+      pads = jax.lax.padtype_to_pads(
+          (height, width), ((kh - 1) * dh + 1, (kw - 1) * dw + 1),
+          (sh, sw), self.padding)
+    else:
+      pads = self.padding
+    images = jnp.pad(images, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+    out_h = (images.shape[1] - (kh - 1) * dh - 1) // sh + 1
+    out_w = (images.shape[2] - (kw - 1) * dw - 1) // sw + 1
+    taps = []
+    for i in range(kh):
+      for j in range(kw):
+        tap = images[:, i * dh:i * dh + (out_h - 1) * sh + 1:sh,
+                     j * dw:j * dw + (out_w - 1) * sw + 1:sw, :]
+        taps.append(tap.reshape(batch, -1, tap.shape[-1]))
+    return taps
 
   def sq_norms(self, p: Params, x, g):
     choice = self.choice(x.shape, g.shape)
-    a = self._patches(x)
+    taps = self._taps(x)
     g = g.reshape(g.shape[0], -1, g.shape[-1])
     bias_grad = jnp.sum(g, axis=1)  # [B, d]: d loss_i / d (channel bias)
     if choice.route == "ghost":
-      total = _linear_sq_norm(a, g, "ghost")
+      gram_a = sum(jnp.einsum("btc,bsc->bts", a, a, **_DOT) for a in taps)
+      gram_g = jnp.einsum("btd,bsd->bts", g, g, **_DOT)
+      total = jnp.sum(gram_a * gram_g, axis=(1, 2))
       if self.bias_param is not None:
         total = total + jnp.sum(jnp.square(bias_grad), axis=1)
       return total
-    grad = jnp.einsum("btp,btd->bpd", a, g, **_DOT)
     kh, kw = self.kernel_shape
-    grad = grad.reshape(grad.shape[0], x.shape[-1], kh, kw, -1)
-    kernel_grads = grad.transpose(0, 2, 3, 1, 4)  # [B, kh, kw, C_in, d]
+    kernel_grads = jnp.stack(
+        [jnp.einsum("btc,btd->bcd", a, g, **_DOT) for a in taps], axis=1)
+    kernel_grads = kernel_grads.reshape(  # [B, kh, kw, C_in, d]
+        (x.shape[0], kh, kw) + kernel_grads.shape[2:])
     if self.kernel_is_param is not None:  # W itself is the parameter
       total = jnp.sum(jnp.square(kernel_grads), axis=(1, 2, 3, 4))
       if self.bias_param is not None:

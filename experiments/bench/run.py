@@ -13,8 +13,8 @@ Runs, on the default JAX backend:
   variants     (--flags) the same for one case in subprocesses under other
                XLA_FLAGS and micro-batch sizes;
   components   the other benchmarks of this folder (privacy_overhead,
-               r2conv, kernel_bases, augmentation) in subprocesses, with
-               their own output kept verbatim.
+               r2conv, kernel_bases, augmentation, ghost_clipping) in
+               subprocesses, with their own output kept verbatim.
 Writes experiments/results/bench_<backend>.md and .json (with the machine:
 CPU model, cores, JAX version, device kind).
 """
@@ -44,6 +44,7 @@ COMPONENTS = {
     "kernel_bases": (["--repeats", "1"], []),
     "augmentation": (["--batch_size", "64", "--num_views", "4",
                       "--repeats", "5"], []),
+    "ghost_clipping": (["--part", "speed", "--rounds", "3"], []),
 }
 
 # XLA:CPU variants for --flags: name -> (XLA_FLAGS, micro_batch_size).

@@ -230,3 +230,13 @@ def test_a_validation_choice_made_outside_the_sweep_picks_the_reported_params():
   swept = harness.summarize(records, {"m": {"params": "last"}},
                             params_chosen={"m": "ema_0.999"})
   assert swept[0]["params"] == "last"
+
+
+def test_ghost_clipping_bench_rows_measure_both_strategies():
+  from experiments.bench import ghost_clipping as ghost_bench
+  row = ghost_bench.speed_row("cnn_tramer/fmnist", batch_size=2, rounds=1)
+  assert row["vmap_s"] > 0 and row["ghost_s"] > 0
+  assert row["ghost_speedup"] == pytest.approx(row["vmap_s"] / row["ghost_s"])
+  memory = ghost_bench.memory_row("cnn_tramer/fmnist", batch_size=2)
+  assert memory["num_params"] == 26_010
+  assert memory["ghost_mib"] > 0 and memory["non_private_mib"] > 0
