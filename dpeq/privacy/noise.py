@@ -120,7 +120,7 @@ class PrivatizerState(NamedTuple):
   update_step: jax.Array
 
 
-def gaussian_privatizer(
+def gaussian_mean_privatizer(
     *,
     noise_multiplier: float,
     sensitivity: float,

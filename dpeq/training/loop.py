@@ -14,7 +14,7 @@ devices (of all processes). Per update:
 
 Outputs in the workdir: config.json (the resolved config), privacy.json
 (sigma, q, T, delta, epsilon, accountant, the DpEvent), metrics.jsonl and
-TensorBoard events (dpeq.training.logging), checkpoints/ (see
+TensorBoard events (dpeq.training.run_log), checkpoints/ (see
 dpeq.training.checkpointing for the resume rule), report.md and plots, and
 release/ (what may be published, see below).
 
@@ -54,7 +54,6 @@ from ml_collections import config_dict
 from dpeq import data as data_lib
 from dpeq import models as models_lib
 from dpeq.data import batching
-from dpeq.privacy import noise
 from dpeq.privacy.sampling import BatchSelection
 from dpeq.training import (
   checkpointing,
@@ -66,8 +65,8 @@ from dpeq.training import (
   secret_file,
 )
 from dpeq.training import config as config_lib
-from dpeq.training import logging as run_logging
 from dpeq.training import per_example_grads as per_example_grads_lib
+from dpeq.training import run_log as run_logging
 from dpeq.training import update as update_lib
 
 ConfigError = config_lib.ConfigError
@@ -209,7 +208,11 @@ class _Run:
         views_fn=data_lib.views_fn(config_lib.augment_config(cfg), info.mean,
                                    info.std),
         per_example_gradients=per_example_grads_lib.strategy(
-            cfg.training.per_example_grads))
+            cfg.training.per_example_grads),
+        # The l0-eps sparsity of the noisy mean handed to the optimizer
+        # (post-processing: no extra privacy cost).
+        noisy_grad_metrics=lambda noisy: {
+            "grad_sparsity": metrics.l0_sparsity(noisy, eps=SPARSITY_EPS)})
     # The model's initialisation is public; noise and augmentation are not.
     self.data_key = randomness.augmentation_key()
     self._compile(jax.random.key(cfg.seed), randomness.noise_key(),
@@ -249,24 +252,7 @@ class _Run:
         micro_step, in_shardings=(rep, rows, rows, rep, rep, rep),
         out_shardings=rep)
     self.accumulate = jax.jit(_accumulate, out_shardings=rep)
-    dp = self.dp_config
-
-    def apply(state, clipped):
-      new_state, update_metrics = private.apply(state, clipped)
-      # The l0-eps sparsity of the very noisy mean that `apply` handed to the
-      # optimizer: the same privatizer, key and step give the same draw (XLA
-      # computes it once). Post-processing: no extra privacy cost.
-      privatizer = noise.gaussian_privatizer(
-          noise_multiplier=dp.noise_multiplier, sensitivity=dp.sensitivity,
-          expected_batch_size=dp.expected_batch_size,
-          key=state.privatizer_state.key)
-      noisy, _ = privatizer.update(clipped.grad_sum, state.privatizer_state)
-      update_metrics = dict(update_metrics)
-      update_metrics["grad_sparsity"] = metrics.l0_sparsity(
-          noisy, eps=SPARSITY_EPS)
-      return new_state, update_metrics
-
-    self.apply = jax.jit(apply, out_shardings=rep)
+    self.apply = jax.jit(private.apply, out_shardings=rep)
     self.param_sparsity = jax.jit(
         lambda p: metrics.l0_sparsity(p, eps=SPARSITY_EPS), out_shardings=rep)
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from dpeq.training import logging as run_logging
+from dpeq.training import run_log as run_logging
 
 RELEASE_DIR = "release"
 THREAT_MODEL = (

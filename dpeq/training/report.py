@@ -5,7 +5,7 @@
 - `privacy.json`: the privacy ledger (`PrivacyLedger.to_dict()`: epsilon,
   delta, num_updates, noise_multiplier, sampling_rate, ...);
 - `metrics.jsonl`: training and evaluation records (conventions in
-  `dpeq.training.logging`).
+  `dpeq.training.run_log`).
 Each is optional: what is missing is said in the report, never an error. It
 writes `report.md` (setup, privacy, final metrics of the last / EMA / Polyak
 parameters, last training statistics, the full config) and, when the series
@@ -26,8 +26,8 @@ import numpy as np
 from matplotlib.backends import backend_agg
 from matplotlib.figure import Figure
 
-from dpeq.training import logging as run_logging
 from dpeq.training import release
+from dpeq.training import run_log as run_logging
 
 REPORT_FILE = "report.md"
 LOSS_ACCURACY_PLOT = "loss_accuracy.png"

@@ -29,7 +29,7 @@ import optax
 
 from dpeq.privacy import clipping, noise
 from dpeq.training import averaging
-from dpeq.training import logging as run_logging
+from dpeq.training import run_log as run_logging
 
 PyTree = Any
 # Metrics of the non-noised batch, not covered by epsilon, carry this prefix.
@@ -143,6 +143,7 @@ def make_private_update(
     config: DpSgdConfig,
     views_fn: ViewsFn | None = None,
     per_example_gradients: clipping.GradientStrategy | None = None,
+    noisy_grad_metrics: Callable[[PyTree], dict[str, jax.Array]] | None = None,
 ) -> PrivateUpdate:
   """DP-SGD for any loss: clipping, noise, optimizer step, averaging.
 
@@ -159,6 +160,10 @@ def make_private_update(
       the clipped sum (a performance choice, same result): None for
       dpeq.privacy.clipping.vmap_gradients, or e.g.
       dpeq.privacy.ghost_clipping.ghost_gradients.
+    noisy_grad_metrics: optional `fn(noisy_mean) -> dict` of extra metrics of
+      the privatized mean gradient that `apply` hands to the optimizer
+      (post-processing: no privacy cost); merged into apply's metrics, so
+      no caller needs the privatizer or its state.
 
   Returns:
     A PrivateUpdate with
@@ -180,7 +185,7 @@ def make_private_update(
                                      polyak=config.polyak)
 
   def privatizer(key):
-    return noise.gaussian_privatizer(
+    return noise.gaussian_mean_privatizer(
         noise_multiplier=config.noise_multiplier, sensitivity=sensitivity,
         expected_batch_size=config.expected_batch_size, key=key)
 
@@ -240,6 +245,7 @@ def make_private_update(
         # Functions of the noisy mean: private (post-processing).
         "noisy_grad_norm": optax.tree.norm(noisy_mean),
         "update_norm": optax.tree.norm(updates),
+        **(noisy_grad_metrics(noisy_mean) if noisy_grad_metrics else {}),
         **{NON_PRIVATE_PREFIX + k: v for k, v in diagnostics.items()},
     }
     return new_state, metrics

@@ -12,7 +12,7 @@ SIGMA, SENSITIVITY, EXPECTED_BATCH = 1.7, 0.6, 100
 
 
 def _privatizer(key=0, sigma=SIGMA):
-  return noise.gaussian_privatizer(
+  return noise.gaussian_mean_privatizer(
       noise_multiplier=sigma, sensitivity=SENSITIVITY,
       expected_batch_size=EXPECTED_BATCH, key=jax.random.key(key))
 
@@ -78,7 +78,7 @@ def test_bad_arguments_are_rejected(kwargs):
               key=jax.random.key(0))
   args.update(kwargs)
   with pytest.raises(ValueError, match=next(iter(kwargs))):
-    noise.gaussian_privatizer(**args)
+    noise.gaussian_mean_privatizer(**args)
 
 
 # ----------------------------------------------------------------------------

@@ -27,7 +27,7 @@ def main():
   assert sys.argv[3] == "--", sys.argv
   sys.argv = ["dpeq.train", *sys.argv[4:]]
   from dpeq.training import checkpointing
-  from dpeq.training import logging as run_logging
+  from dpeq.training import run_log as run_logging
   seen = {"n": 0}
 
   if fault == "checkpoint":

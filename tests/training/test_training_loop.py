@@ -12,7 +12,7 @@ import pytest
 from dpeq.privacy import randomness
 from dpeq.training import checkpointing, loop, release, secret_file
 from dpeq.training import config as config_lib
-from dpeq.training import logging as run_logging
+from dpeq.training import run_log as run_logging
 
 NP = run_logging.NON_PRIVATE_PREFIX
 NUM_UPDATES = 8

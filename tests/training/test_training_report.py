@@ -8,8 +8,8 @@ import pytest
 from matplotlib import image as mpl_image
 
 from dpeq.training import config as config_lib
-from dpeq.training import logging as run_logging
 from dpeq.training import report
+from dpeq.training import run_log as run_logging
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -204,3 +204,21 @@ def test_micro_batch_must_divide_the_padded_batch(data):
   state = private.init(params, key=jax.random.key(0))
   with pytest.raises(ValueError, match="pad_multiple"):
     private.update(state, batch, mask, key=jax.random.key(0))
+
+
+def test_noisy_grad_metrics_see_the_mean_the_optimizer_gets(data):
+  """apply's own noise-side metrics: no caller rebuilds the privatizer."""
+  params, batch, mask = data
+  config = update.DpSgdConfig(l2_clip_norm=CLIP, noise_multiplier=1.0,
+                              expected_batch_size=EXPECTED)
+  private = update.make_private_update(
+      loss_fn=_loss_fn, optimizer=optax.sgd(LR), config=config,
+      noisy_grad_metrics=lambda g: {"first_leaf": jax.tree.leaves(g)[0]})
+  state = private.init(params, key=jax.random.key(1))
+  new_state, metrics = jax.jit(private.update)(state, batch, mask,
+                                               key=jax.random.key(0))
+  seen = jax.tree.leaves(jax.tree.map(
+      lambda new, old: (old - new) / LR, new_state.params, state.params))[0]
+  # Plain SGD: the update is -LR times the noisy mean the metric saw.
+  np.testing.assert_allclose(metrics["first_leaf"], seen, rtol=1e-5,
+                             atol=1e-6)

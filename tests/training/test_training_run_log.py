@@ -1,4 +1,4 @@
-"""Tests for dpeq.training.logging: JSONL records, TensorBoard, progress bar."""
+"""Tests for dpeq.training.run_log: JSONL records, TensorBoard, progress bar."""
 
 import json
 import logging
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dpeq.training import logging as dpeq_logging
+from dpeq.training import run_log as dpeq_logging
 
 
 def test_records_are_strict_json_with_python_scalars(tmp_path):
