@@ -27,7 +27,7 @@ from dpeq.privacy import clipping
 from dpeq.privacy.ghost_clipping import ghost_gradients
 
 # name -> (model kwargs, image side, channels): small layouts and 16x16
-# images (the smallest every model takes), same layers as full size.
+# images (8x8 for the WRNs), about the smallest each takes; same layers.
 CASES = {
     "cnn_tramer": ({}, 16, 1),
     "cnn_tramer_cifar10": ({}, 16, 3),
@@ -38,9 +38,9 @@ CASES = {
     "eq_resnet9_d4": ({"group": "D4", "layout": (4, 8, 16)}, 16, 3),
     "eq_resnet9_c8": ({"group": "C8", "layout": (4, 8, 16)}, 16, 3),
     "eq_resnet9_so2": ({"group": "SO2", "layout": (4, 8, 16)}, 16, 3),
-    "eq_wrn": ({"group": "C4", "depth": 10}, 16, 3),
+    "eq_wrn": ({"group": "C4", "depth": 10}, 8, 3),
     "resnet9": ({"layout": (4, 8, 16)}, 16, 3),
-    "wrn": ({"depth": 10, "width": 1}, 16, 3),
+    "wrn": ({"depth": 10, "width": 1}, 8, 3),
 }
 # K = 4 (the views' cross terms) on every model; K = 1 on one of each kind.
 PAIRS = [(case, 4) for case in sorted(CASES)] + [
