@@ -18,7 +18,6 @@ initialisation are smallest on average (data gradients only add noise to
 their scores).
 """
 
-import dataclasses
 import json
 import pathlib
 import sys
@@ -89,9 +88,8 @@ def run(config, *, workdir: pathlib.Path, kinds, num_canaries: int,
                             **cfg.model.kwargs.to_dict())
   params = model.init(jax.random.key(cfg.seed), jnp.asarray(images[:1]))
   num_params = ravel_pytree(params)[0].size
-  dp = config_lib.make_dp_sgd_config(cfg)
-  dp = dataclasses.replace(dp, micro_batch_size=cfg.training.micro_batch_size,
-                           ema_decays=(), polyak=False)
+  # The claimed plan; the audit sets n to the examples it trains on.
+  plan = config_lib.privacy_plan(cfg)
   rng = np.random.default_rng(seed)
   results = []
   for kind in kinds:
@@ -109,9 +107,9 @@ def run(config, *, workdir: pathlib.Path, kinds, num_canaries: int,
           std=np.asarray(info.std))
     result = engine_audit.audit(
         apply_fn=model.apply, params=params, images=images, labels=labels,
-        canaries=canaries, config=dp, optimizer=config_lib.make_optimizer(cfg),
-        num_updates=cfg.training.num_updates, delta=cfg.dp.delta,
-        seed=seed, significance=significance)
+        canaries=canaries, plan=plan, optimizer=config_lib.make_optimizer(cfg),
+        micro_batch_size=cfg.training.micro_batch_size, seed=seed,
+        significance=significance)
     print(f"{kind} canaries (m={num_canaries}): empirical epsilon >= "
           f"{result.epsilon_one_run:.3f} (one run), "
           f"{result.epsilon_clopper_pearson:.3f} (Clopper-Pearson) at "

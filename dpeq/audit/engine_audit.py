@@ -19,11 +19,12 @@ several score families each gets significance / (number of families)
 the theoretical one means the engine does not give the guarantee it claims
 (or the audit's significance event happened).
 
-The engine is `make_engine(loss_fn=..., optimizer=..., config=...)` (by
+The engine is `make_engine(loss_fn=..., optimizer=..., plan=...)` (by
 default dpeq.training.update.make_private_update); the theoretical epsilon
-is that of the CLAIMED DpSgdConfig (its noise multiplier, the Poisson rate
-expected_batch_size / n over the n examples actually trained on, the number
-of updates), from dpeq.privacy.accounting.
+is that of the CLAIMED PrivacyPlan (its noise multiplier, the Poisson rate
+expected_batch_size / n over the n examples actually trained on, its number
+of updates and delta). The logical batches go through the runner's one
+micro-batching path (dpeq.training.micro_batching).
 """
 
 import dataclasses
@@ -37,10 +38,10 @@ import optax
 from jax_privacy import auditing
 
 from dpeq.audit import canaries as canaries_lib
-from dpeq.privacy import accounting
-from dpeq.privacy.sampling import PoissonSampler
+from dpeq.privacy.plan import PrivacyPlan
 from dpeq.training import metrics
 from dpeq.training import update as update_lib
+from dpeq.training.micro_batching import MicroBatching
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
@@ -119,11 +120,10 @@ def audit(
     images: np.ndarray,
     labels: np.ndarray,
     canaries: canaries_lib.CanarySet,
-    config: update_lib.DpSgdConfig,
+    plan: PrivacyPlan,
     optimizer: optax.GradientTransformation,
-    num_updates: int,
-    delta: float,
     seed: int,
+    micro_batch_size: int = 64,
     significance: float = 0.05,
     make_engine: Callable[..., update_lib.PrivateUpdate] = (
         update_lib.make_private_update),
@@ -137,13 +137,15 @@ def audit(
       standardised, int [n].
     canaries: from dpeq.audit.canaries (their coin flips decide which are
       inserted).
-    config: the CLAIMED DP-SGD config (clip norm, noise multiplier, expected
-      batch size, micro-batch size); the theoretical epsilon is its.
+    plan: the CLAIMED PrivacyPlan (clip norm, noise multiplier, expected
+      batch size, updates T, delta, Poisson sampling); its num_examples is
+      set here to the examples trained on (real + inserted canaries). The
+      theoretical epsilon is its.
     optimizer: the optax optimizer of the run.
-    num_updates: T.
-    delta: the delta of every reported epsilon.
     seed: seeds the Poisson sampler and the noise (an audit is a test: its
       randomness need not be secret).
+    micro_batch_size: rows per micro-step (config.training.micro_batch_size
+      on one device).
     significance: failure probability of the empirical bounds.
     make_engine: builds the engine under audit (tests pass broken ones).
 
@@ -172,24 +174,35 @@ def audit(
 
   if canaries.kind == "gradient":
     loss_fn = canaries_lib.with_gradient_canaries(loss_fn, canaries)
-  engine = make_engine(loss_fn=loss_fn, optimizer=optimizer, config=config)
-  micro = config.micro_batch_size or 1
-  sampler = PoissonSampler(num_examples=num_examples,
-                           expected_batch_size=config.expected_batch_size,
-                           seed=seed, pad_multiple=micro)
+  if plan.sampling != "poisson" or plan.num_updates is None:
+    raise ValueError(
+        "audit: the claimed plan must use Poisson sampling and set "
+        f"num_updates (got sampling={plan.sampling!r}, num_updates="
+        f"{plan.num_updates}).")
+  plan = dataclasses.replace(plan, num_examples=num_examples)
+  engine = make_engine(loss_fn=loss_fn, optimizer=optimizer, plan=plan)
+  batching = MicroBatching(micro_batch_size=micro_batch_size)
+  sampler = plan.sampler(seed=seed, pad_multiple=batching.rows_per_step)
   state = engine.init(params, key=jax.random.key(seed))
-  step = jax.jit(lambda s, b, m: engine.update(s, b, m, key=jax.random.key(0)))
+  clipped = jax.jit(lambda p, b, m, i: engine.clipped_grads(
+      p, b, m, key=jax.random.fold_in(jax.random.key(0), i)).totals())
+  merge = jax.jit(lambda a, b: a.merge(b))
+  apply = jax.jit(engine.apply)
+
+  def micro_step(index, part):
+    rows = part.indices
+    batch = {"images": all_images[rows], "labels": all_labels[rows],
+             canaries_lib.CANARY_FIELD: canary_ids[rows]}
+    return clipped(state.params, batch, jnp.asarray(part.mask),
+                   np.int32(index))
 
   trajectory = []
   if canaries.kind == "gradient":
     trajectory.append(canaries_lib.flat_coordinates(state.params,
                                                     canaries.coordinates))
-  for t in range(num_updates):
-    selection = sampler.batch(t)
-    rows = selection.indices
-    batch = {"images": all_images[rows], "labels": all_labels[rows],
-             canaries_lib.CANARY_FIELD: canary_ids[rows]}
-    state, _ = step(state, batch, jnp.asarray(selection.mask))
+  for t in range(plan.num_updates):
+    state, _ = apply(state, batching.accumulate(
+        sampler.batch(t), micro_step=micro_step, merge=merge))
     if canaries.kind == "gradient":
       trajectory.append(canaries_lib.flat_coordinates(state.params,
                                                       canaries.coordinates))
@@ -208,19 +221,15 @@ def audit(
   per_family = significance / len(scores)
   by_score = {name: bounds(values[canaries.included],
                            values[~canaries.included],
-                           significance=per_family, delta=delta)
+                           significance=per_family, delta=plan.delta)
               for name, values in scores.items()}
-  sampling_rate = sampler.sampling_rate
-  theoretical = accounting.epsilon(
-      noise_multiplier=config.noise_multiplier, sampling_rate=sampling_rate,
-      steps=num_updates, delta=delta)
   return AuditResult(
       kind=canaries.kind, num_canaries=canaries.num_canaries,
       num_included=canaries.num_included, significance=significance,
-      delta=delta, theoretical_epsilon=float(theoretical),
+      delta=plan.delta, theoretical_epsilon=float(plan.epsilon()),
       epsilon_one_run=max(b["one_run"] for b in by_score.values()),
       epsilon_clopper_pearson=max(b["clopper_pearson"]
                                   for b in by_score.values()),
-      by_score=by_score, num_updates=num_updates,
-      sampling_rate=sampling_rate,
-      noise_multiplier=float(config.noise_multiplier))
+      by_score=by_score, num_updates=plan.num_updates,
+      sampling_rate=plan.sampling_rate,
+      noise_multiplier=float(plan.noise_multiplier))

@@ -1,8 +1,8 @@
 """From a sampler's selection to device arrays sharded along the batch axis.
 
-  selection (indices int64 [P], mask bool [P], from dpeq.privacy.sampling)
+  selection (indices int64 [P], mask bool [P], from dpeq.privacy.sampling;
+             micro-batches of it from dpeq.training.micro_batching)
     -> gather(dataset, selection)        raw numpy batch, rows in order
-    -> split_micro_batches(...)          optional: host-side micro-batches
     -> to_devices(batch, sharding)       jax.Arrays sharded along rows
 
 Padded rows (mask False) gather example 0; the mask, not the data, makes
@@ -11,7 +11,6 @@ its devices hold (`local_rows`), and `to_devices` assembles the global array
 with `jax.make_array_from_process_local_data`.
 """
 
-from collections.abc import Mapping
 from typing import Any, Protocol
 
 import jax
@@ -90,34 +89,6 @@ def gather(dataset: ArrayDataset, selection: Selection, *,
   rows = indices[local_rows(len(indices), sharding)]
   return {"images": np.take(dataset.images, rows, axis=0),
           "labels": np.take(dataset.labels, rows, axis=0)}
-
-
-def split_micro_batches(batch: Mapping[str, np.ndarray], mask: np.ndarray, *,
-                        micro_batch_size: int
-                        ) -> list[tuple[dict[str, np.ndarray], np.ndarray]]:
-  """Cuts a batch of P rows into P / micro_batch_size consecutive pieces.
-
-  Returns:
-    [(micro_batch, micro_mask)], rows in the original order.
-  """
-  mask = np.asarray(mask)
-  num_rows = len(mask)
-  if isinstance(micro_batch_size, bool) or not isinstance(
-      micro_batch_size, int | np.integer) or micro_batch_size < 1:
-    raise ValueError(f"micro_batch_size={micro_batch_size!r} must be a "
-                     "positive int.")
-  if num_rows % micro_batch_size:
-    raise ValueError(
-        f"The batch has {num_rows} rows, not a multiple of "
-        f"micro_batch_size={micro_batch_size}: sample with "
-        f"pad_multiple={micro_batch_size}.")
-  for name, value in batch.items():
-    if len(value) != num_rows:
-      raise ValueError(f"batch[{name!r}] has {len(value)} rows; the mask "
-                       f"has {num_rows}.")
-  return [({k: v[s:s + micro_batch_size] for k, v in batch.items()},
-           mask[s:s + micro_batch_size])
-          for s in range(0, num_rows, micro_batch_size)]
 
 
 def to_devices(batch: Any, sharding: jax.sharding.Sharding) -> Any:

@@ -228,6 +228,7 @@ def load(
     cache_dir: str | os.PathLike | None = None,
     valid_size: int | None = None,
     max_examples: int | None = None,
+    classes: tuple[int, ...] | None = None,
 ) -> ArrayDataset:
   """Loads one split of a dataset into memory.
 
@@ -255,6 +256,11 @@ def load(
       source then reads only those rows. Required for imagenet2012, whose
       in-memory path is meant for subsets (it needs the manual ImageNet tars
       in manual_dir; streaming is not built).
+    classes: keep only the examples of these labels, relabelled by their
+      position in `classes` (e.g. (5, 6, 7, 8, 9) -> 0..4; num_classes
+      becomes len(classes)); applied before max_examples. A class-disjoint
+      split of one dataset: a public part to pretrain on, a private part to
+      fine-tune on. None: every class, labels unchanged.
 
   Returns:
     ArrayDataset with images uint8 [N, H, W, C] and labels int32 [N].
@@ -280,6 +286,7 @@ def load(
                      f"<folder with {', '.join(spec.raw_files)}>.")
   _check_count("valid_size", valid_size, allow_none=True)
   _check_count("max_examples", max_examples, allow_none=True)
+  classes = _check_classes(name, classes, spec.num_classes)
   if spec.needs_max_examples and max_examples is None:
     raise ValueError(
         f"{name} does not fit in memory: pass max_examples (e.g. 100_000) to "
@@ -312,13 +319,40 @@ def load(
       _check_valid_size(name, split, valid_size, len(images))
       start, stop = _row_range(split, len(images), valid_size)
       images, labels = images[start:stop], labels[start:stop]
-    if max_examples is not None:
-      images, labels = images[:max_examples], labels[:max_examples]
+  if classes is not None:
+    images, labels = _keep_classes(images, labels, classes)
+  if max_examples is not None:
+    images, labels = images[:max_examples], labels[:max_examples]
 
   info = DatasetInfo(name=name, num_examples=len(images),
-                     num_classes=spec.num_classes, image_shape=spec.image_shape,
+                     num_classes=(spec.num_classes if classes is None
+                                  else len(classes)),
+                     image_shape=spec.image_shape,
                      mean=tuple(spec.mean), std=tuple(spec.std))
   return ArrayDataset(images=images, labels=labels, info=info)
+
+
+def _check_classes(name, classes, num_classes):
+  """None, or a tuple of distinct labels of the dataset."""
+  if classes is None:
+    return None
+  classes = tuple(classes)
+  if (not classes or len(set(classes)) != len(classes)
+      or any(isinstance(c, bool) or not isinstance(c, int | np.integer)
+             or not 0 <= c < num_classes for c in classes)):
+    raise ValueError(
+        f"classes={classes!r}: give distinct integer labels of {name}, in "
+        f"[0, {num_classes}) (e.g. (0, 1, 2, 3, 4)), or None for all.")
+  return tuple(int(c) for c in classes)
+
+
+def _keep_classes(images, labels, classes):
+  """The rows whose label is in `classes`, relabelled 0..len(classes)-1."""
+  relabel = np.full(int(max(labels.max(initial=0), max(classes))) + 1, -1,
+                    np.int32)
+  relabel[list(classes)] = np.arange(len(classes), dtype=np.int32)
+  keep = relabel[labels] >= 0
+  return images[keep], relabel[labels[keep]]
 
 
 def _check_valid_size(name, split, valid_size, num_train):

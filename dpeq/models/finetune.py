@@ -17,6 +17,8 @@ and cost no privacy (they are data-independent constants of the fine-tuning
 run; any privacy cost of how they were trained is that run's).
 """
 
+import os
+import pathlib
 from collections.abc import Mapping
 
 import haiku as hk
@@ -26,6 +28,8 @@ import numpy as np
 from dpeq.models.layers import CLASSIFIER_NAME
 
 TRAINABLE_CHOICES = ("all", "classifier")
+# A dpeq workdir publishes its parameters as release/params_<name>.npz.
+RELEASE_PARAMS = "release/params_{name}.npz"
 
 Params = Mapping[str, Mapping[str, jax.Array]]
 
@@ -122,3 +126,75 @@ def _partition(params: Params, module_predicate) -> tuple[Params, Params]:
   return hk.data_structures.partition(
       lambda module, name, value: module_predicate(module), params
   )
+
+
+def pretrained_params_path(init_from: str | os.PathLike, *,
+                           params_name: str = "last") -> pathlib.Path:
+  """The .npz file a fine-tuning run starts from.
+
+  Args:
+    init_from: a dpeq workdir (its `release/params_<params_name>.npz`, what
+      the run published) or a .npz file of flat "module/param" arrays.
+    params_name: which of a workdir's released parameters: "last",
+      "ema_<decay>" or "polyak".
+
+  Raises:
+    ValueError: naming the missing file and how to get it.
+  """
+  path = pathlib.Path(init_from).expanduser()
+  if path.is_dir():
+    released = path / RELEASE_PARAMS.format(name=params_name)
+    if not released.is_file():
+      available = sorted(p.name for p in (path / "release").glob("params_*.npz"))
+      raise ValueError(
+          f"{released} does not exist: finish the pretraining run in {path} "
+          "(its release/ is written at the end), or pick one of its released "
+          f"parameters ({', '.join(available) or 'none yet'}).")
+    return released
+  if path.suffix != ".npz" or not path.is_file():
+    raise ValueError(
+        f"{path} is neither a dpeq workdir nor a .npz params file; point it to "
+        "the pretraining run's workdir or to a release/params_<name>.npz.")
+  return path
+
+
+def load_params(path: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
+  """Haiku params from a .npz of "module/param" keys (dpeq's release format).
+
+  The module path is everything before the last "/" (modules nest, e.g.
+  "wide_res_net/classifier/w").
+  """
+  params: dict[str, dict[str, np.ndarray]] = {}
+  with np.load(path) as arrays:
+    for key in arrays.files:
+      module, sep, name = key.rpartition("/")
+      if not sep:
+        raise ValueError(
+            f"{path}: key {key!r} is not of the form 'module/param'; save "
+            "Haiku params with one array per module/param.")
+      params.setdefault(module, {})[name] = arrays[key]
+  return params
+
+
+def restore_for_task(*, restored: Params, fresh: Params,
+                     replace_head: bool) -> Params:
+  """Pretrained params for the new task's model.
+
+  Args:
+    restored: the pretrained parameters (e.g. `load_params`).
+    fresh: `model.init(...)` of the new task's model (its classifier may
+      have another number of classes).
+    replace_head: take the classifier from `fresh` (a new task), or keep
+      the pretrained one (same classes; every shape must then match).
+
+  Raises:
+    ValueError: when the parameters do not fit the model.
+  """
+  if replace_head:
+    return replace_classifier(restored=restored, fresh=fresh)
+  if _shapes(restored) != _shapes(fresh):
+    raise ValueError(
+        "The pretrained parameters do not match the model (modules or shapes "
+        "differ); replace the classifier for a new number of classes, or use "
+        "the pretraining run's model name and kwargs.")
+  return jax.tree.map(np.asarray, restored)

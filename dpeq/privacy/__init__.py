@@ -7,7 +7,9 @@
   sampling           host-side Poisson / shuffled batches and their DpEvents.
   accounting         epsilon, calibration of sigma / steps / batch size, the
                      privacy ledger (dp_accounting, PLD or RDP).
-  conv_weight_grads  fast per-example conv weight gradients (XLA:CPU).
+  plan               the PrivacyPlan: the one object that owns every number
+                     of the guarantee and makes sampler, privatizer, DpEvent
+                     and ledger.
   ghost_clipping     the same norms and clipped sum without per-example
                      gradients (Bu et al.'s mixed ghost clipping, Haiku
                      models); ghost_layers holds its exact per-layer rules.
@@ -16,13 +18,13 @@
 from dpeq.privacy import (
                           accounting,
                           clipping,
-                          conv_weight_grads,
                           ghost_clipping,
                           ghost_layers,
                           noise,
+                          plan,
                           randomness,
                           sampling,
 )
 
-__all__ = ["accounting", "clipping", "conv_weight_grads", "ghost_clipping",
-           "ghost_layers", "noise", "randomness", "sampling"]
+__all__ = ["accounting", "clipping", "ghost_clipping", "ghost_layers", "noise",
+           "plan", "randomness", "sampling"]

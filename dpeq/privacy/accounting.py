@@ -476,9 +476,12 @@ class PrivacyLedger:
   num_updates=)`, `num_examples` and `neighboring_relation`, e.g.
   dpeq.privacy.sampling.PoissonSampler), the noise multiplier and delta.
   `epsilon()` is computed for the current number of updates (memoized per
-  exact count, so it is never stale); for Poisson sampling with PLD the
-  one-update PLD is built once and self-composed T times, the same
-  computation as dp_accounting's PLDAccountant on the T-update event.
+  exact count, so it is never stale). For Poisson sampling with PLD it is
+  incremental: the one-update PLD is built once, and the PLD of the newest
+  count is kept and composed with the updates recorded since (one
+  composition per logged step instead of a T-fold self-composition; both
+  are pessimistic discretisations of the same event, and they agree with
+  X).
 
   Two deltas: `delta` is the one epsilon is accounted at (ideal Gaussian
   noise); `total_delta()` adds what the float32 sampler's cut tail costs
@@ -509,6 +512,7 @@ class PrivacyLedger:
     self.num_updates = _check_steps(num_updates)
     self._cache: dict[int, float] = {}
     self._single_step = None
+    self._composed = None  # (count, PLD of `count` updates), newest count
     warn_if_delta_too_large(self.delta, sampler.num_examples)
 
   def record(self, num_updates: int = 1) -> None:
@@ -543,12 +547,9 @@ class PrivacyLedger:
       elif self.noise_multiplier == 0:
         value = math.inf
       elif self._step_pld() is not None:
-        identity = pld_lib.identity(
-            value_discretization_interval=self.value_discretization_interval)
         with _quiet():
-          value = float(identity.compose(
-              self._step_pld().self_compose(num_updates)
-          ).get_epsilon_for_delta(self.delta))
+          value = float(self._composed_pld(num_updates).get_epsilon_for_delta(
+              self.delta))
       else:
         value = epsilon_of_event(
             self.sampler.dp_event(noise_multiplier=self.noise_multiplier,
@@ -557,6 +558,21 @@ class PrivacyLedger:
             value_discretization_interval=self.value_discretization_interval)
       self._cache[num_updates] = value
     return self._cache[num_updates]
+
+  def _composed_pld(self, num_updates: int):
+    """The PLD of `num_updates` Poisson-sampled Gaussian updates, composed
+    onto the newest one already built when that is not more."""
+    step = self._step_pld()
+    count, pld = self._composed or (0, None)
+    if pld is None or num_updates < count:
+      count, pld = 0, pld_lib.identity(
+          value_discretization_interval=self.value_discretization_interval)
+    if num_updates > count:
+      more = num_updates - count
+      pld = pld.compose(step if more == 1 else step.self_compose(more))
+    if num_updates >= (self._composed or (0, None))[0]:
+      self._composed = (num_updates, pld)
+    return pld
 
   def epsilon(self) -> float:
     """Epsilon spent after the updates recorded so far."""

@@ -31,8 +31,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from dpeq.privacy import conv_weight_grads
-
 PyTree = Any
 LossFn = Callable[[PyTree, PyTree], tuple[jax.Array, PyTree]]
 
@@ -157,7 +155,6 @@ def clipped_grad_sum(
     mask: jax.Array,
     *,
     l2_clip_norm: float,
-    micro_batch_size: int | None = None,
     rescale_to_unit_norm: bool = False,
     per_example_gradients: GradientStrategy | None = None,
 ) -> ClippedGradSum:
@@ -171,11 +168,6 @@ def clipped_grad_sum(
     batch: pytree whose leaves are [B, K, ...].
     mask: bool [B]: True for real rows, False for padding.
     l2_clip_norm: C > 0: every example's gradient is scaled to norm <= C.
-    micro_batch_size: if set, process the batch in chunks of this many rows
-      (a Python loop, unrolled under jit: XLA:CPU runs convolutions inside
-      `lax.scan` ~10x slower). Must divide B. Bounds the memory of the
-      per-example gradients to one chunk; the result equals one pass up to
-      float32 summation order.
     rescale_to_unit_norm: De et al.: divide each clipped gradient by C, so
       its norm is <= 1 and the sensitivity is 1 (the learning rate absorbs C).
     per_example_gradients: how the norms and the weighted sum are computed
@@ -186,32 +178,20 @@ def clipped_grad_sum(
 
   Returns:
     A ClippedGradSum with sensitivity C (or 1 with rescale_to_unit_norm).
-    Padded and non-finite rows contribute exactly zero to `grad_sum`.
+    Padded and non-finite rows contribute exactly zero to `grad_sum`. The
+    batch is one micro-batch: larger logical batches are cut by
+    dpeq.training.micro_batching and their sums merged
+    (ClippedGradSum.merge).
 
   Raises:
-    ValueError: on a non-positive clip norm, mismatched shapes, or a
-      micro-batch size that does not divide the batch.
+    ValueError: on a non-positive clip norm or mismatched shapes.
   """
   l2_clip_norm = _check_clip_norm(l2_clip_norm)
-  batch_size = _check_batch(batch, mask)
-  if micro_batch_size is None:
-    micro_batch_size = batch_size
-  if (not isinstance(micro_batch_size, int) or micro_batch_size <= 0
-      or batch_size % micro_batch_size):
-    raise ValueError(
-        f"micro_batch_size={micro_batch_size!r} must be a positive int that "
-        f"divides the batch size {batch_size}: pad the batch to a multiple of "
-        "it (e.g. PoissonSampler(pad_multiple=micro_batch_size))."
-    )
+  _check_batch(batch, mask)
   strategy = per_example_gradients or vmap_gradients
-  result = None
-  for start in range(0, batch_size, micro_batch_size):
-    chunk = jax.tree.map(lambda x, s=start: x[s:s + micro_batch_size], batch)
-    part = _clip_and_sum(
-        strategy(loss_fn, params, chunk), mask[start:start + micro_batch_size],
-        l2_clip_norm=l2_clip_norm, rescale_to_unit_norm=rescale_to_unit_norm)
-    result = part if result is None else result.merge(part)
-  return result
+  return _clip_and_sum(
+      strategy(loss_fn, params, batch), mask, l2_clip_norm=l2_clip_norm,
+      rescale_to_unit_norm=rescale_to_unit_norm)
 
 
 def vmap_gradients(loss_fn: LossFn, params: PyTree,
@@ -230,10 +210,6 @@ def vmap_gradients(loss_fn: LossFn, params: PyTree,
       )
     return jnp.mean(losses), aux
 
-  if jax.default_backend() == "cpu":
-    # XLA:CPU runs vmapped conv weight gradients (grouped convolutions) 2-3x
-    # slower than batched dot products; same values either way.
-    mean_loss = conv_weight_grads.with_tap_weight_grads(mean_loss)
   grad_fn = jax.grad(mean_loss, has_aux=True)
   grads, aux = jax.vmap(grad_fn, in_axes=(None, 0))(params, batch)
   norms = global_norms(grads)

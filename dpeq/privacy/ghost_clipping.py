@@ -188,7 +188,8 @@ def _check_params(params):
 
 
 def ghost_gradients(loss_fn: clipping.LossFn, params: PyTree, batch: PyTree,
-                    *, route: str | None = None
+                    *, route: str | None = None,
+                    taps: Mapping[str, LayerTap] | None = None
                     ) -> clipping.PerExampleGradients:
   """Norms and weighted sum by mixed ghost clipping (see the module doc).
 
@@ -200,11 +201,14 @@ def ghost_gradients(loss_fn: clipping.LossFn, params: PyTree, batch: PyTree,
     batch: pytree of [B, K, ...].
     route: None (per layer, the cheaper of ghost and instantiate) or force
       "ghost" / "instantiate" where a layer allows it.
+    taps: `find_taps(loss_fn, params, batch, route=route)` when the caller
+      has traced it already (None: traced here).
 
   Returns:
     clipping.PerExampleGradients with exact norms and the weighted sum.
   """
-  taps = find_taps(loss_fn, params, batch, route=route)
+  if taps is None:
+    taps = find_taps(loss_fn, params, batch, route=route)
   batch_size = jax.tree.leaves(batch)[0].shape[0]
   probes = {name: jnp.zeros((batch_size,) + tap.output_shape, tap.dtype)
             for name, tap in taps.items()}

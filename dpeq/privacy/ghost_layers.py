@@ -223,8 +223,8 @@ class ConvRule:
       if self.bias_param is not None:
         total = total + jnp.sum(jnp.square(bias_grad), axis=1)
       return total
-    _, pullback = jax.vjp(self.kernel_and_bias, p)
-    has_bias = self.kernel_and_bias(p)[1] is not None
+    (_, bias), pullback = jax.vjp(self.kernel_and_bias, p)
+    has_bias = bias is not None
 
     def one(kernel_grad, bias_g):
       return pullback((kernel_grad, bias_g if has_bias else None))[0]
@@ -233,13 +233,12 @@ class ConvRule:
 
   def weighted_grad(self, p: Params, x, g, weights) -> Params:
     x, g = _weighted(x, g, weights)
-    kernel, bias = self.kernel_and_bias(p)
+    (kernel, bias), pullback = jax.vjp(self.kernel_and_bias, p)
     images = x.reshape((-1,) + x.shape[-3:])
     g = g.reshape((-1,) + g.shape[-3:])
     _, conv_pullback = jax.vjp(lambda k: self._conv(images, k), kernel)
     kernel_grad = conv_pullback(g)[0]
     bias_grad = None if bias is None else jnp.sum(g, axis=(0, 1, 2))
-    _, pullback = jax.vjp(self.kernel_and_bias, p)
     return pullback((kernel_grad, bias_grad))[0]
 
 

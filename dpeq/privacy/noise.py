@@ -138,7 +138,7 @@ def gaussian_mean_privatizer(
 
   Args:
     noise_multiplier: sigma >= 0 (0 adds no noise: only for explicitly
-      non-private training; dpeq.training.update.DpSgdConfig enforces that).
+      non-private training; dpeq.privacy.plan.PrivacyPlan enforces that).
     sensitivity: L2 sensitivity of the input sum (ClippedGradSum.sensitivity).
     expected_batch_size: the divisor, e.g. q * n for Poisson sampling.
     key: the secret noise key stored in the state (e.g.

@@ -1,11 +1,12 @@
-"""Experiment configuration: the schema, its validation and its resolution.
+"""Experiment configuration: validation, resolution and what is built from it.
 
-An experiment is one `ml_collections.ConfigDict`. `base_config()` returns every
-field with its default; experiment files (`experiments/configs/NAME.py`) start
-from it and change what they need. `validate(config)` checks the fields that
-can be checked without data and raises `ConfigError` naming the field and what
-to change. `resolve(config, num_examples=n)` checks what needs the dataset size
-and fills the two calibrated quantities:
+The schema (every field and its default) is `base_config()` of
+dpeq.training.config_schema, re-exported here. `validate(config)` checks the
+fields that can be checked without data and raises `ConfigError` naming the
+field and what to change; the privacy numbers are checked by building the
+run's `PrivacyPlan` (dpeq.privacy.plan), the one object that owns them.
+`resolve(config, num_examples=n)` calibrates the plan to the data size and
+writes its two calibrated quantities back:
 
 * `dp.noise_multiplier` (sigma) when it is None: the smallest sigma whose
   epsilon after `training.num_updates` updates stays within
@@ -16,10 +17,9 @@ and fills the two calibrated quantities:
 Exactly one of them may be None in a private run; a non-private run
 (`dp.non_private=True`) has sigma = 0 and needs an explicit T. The sampling
 rate is q = `training.expected_batch_size` / n, with n the number of training
-examples after `data.subset`.
+examples after `data.classes` and `data.subset`.
 """
 
-import math
 import pathlib
 import re
 from collections.abc import Mapping
@@ -31,138 +31,40 @@ from dpeq import data as data_lib
 from dpeq import models as models_lib
 from dpeq import paths
 from dpeq.data import augment
-from dpeq.privacy import accounting, sampling
+from dpeq.privacy import plan as plan_lib
 from dpeq.training import averaging, optimizers
-from dpeq.training import per_example_grads as per_example_grads_lib
-from dpeq.training import update as update_lib
+from dpeq.training.config_schema import (
+  ACCOUNTANTS,
+  DATA_SOURCES,
+  LR_SCHEDULES,
+  PER_EXAMPLE_GRADS,
+  SAMPLINGS,
+  TRAINABLE,
+  ConfigDict,
+  ConfigError,
+  base_config,
+)
 
-ConfigDict = config_dict.ConfigDict
+__all__ = ["ACCOUNTANTS", "DATA_SOURCES", "LR_SCHEDULES", "PER_EXAMPLE_GRADS",
+           "SAMPLINGS", "TRAINABLE", "ConfigDict", "ConfigError",
+           "augment_config", "base_config", "eval_overlaps_training",
+           "make_optimizer", "privacy_plan", "resolve", "validate"]
 
-ACCOUNTANTS = ("pld", "rdp")
-SAMPLINGS = ("poisson", "shuffle")
-LR_SCHEDULES = ("constant", "cosine", "warmup_cosine", "piecewise")
-PER_EXAMPLE_GRADS = per_example_grads_lib.STRATEGIES
-DATA_SOURCES = ("tfds", "raw")
 _EMA_NAME = re.compile(r"^ema_(.+)$")
-
-
-class ConfigError(ValueError):
-  """A config field has a value the runner cannot use; the message says why."""
-
-
-def _optional(field_type: type, default: Any) -> config_dict.FieldReference:
-  """A field that may be None and keeps its type for command-line overrides.
-
-  (A plain field set to None by a config file becomes NoneType, and
-  `--config.a.b=v` then fails for it.)
-  """
-  return config_dict.FieldReference(default, field_type=field_type)
-
-
-def base_config() -> ConfigDict:
-  """Every field of the experiment schema with its default.
-
-  The defaults describe a small private Fashion-MNIST run (epsilon 3 over 500
-  updates, sigma calibrated); experiment files override what they need.
-  Fields that default to None are typed placeholders, so command-line
-  overrides such as `--config.dp.noise_multiplier=1.1` parse to the right
-  type.
-
-  Returns:
-    A fresh, unlocked ConfigDict.
-  """
-  c = ConfigDict()
-  # PUBLIC seed of the model's initialisation only. The noise, the batches
-  # and the augmentation come from secret OS entropy (dpeq.privacy.randomness)
-  # unless dp.reproducible_seed is set.
-  c.seed = 0
-
-  c.dp = ConfigDict()
-  c.dp.noise_multiplier = config_dict.placeholder(float)  # None: calibrate
-  c.dp.target_epsilon = _optional(float, 3.0)  # None: accept what is spent
-  c.dp.delta = 1e-5
-  c.dp.l2_clip_norm = 1.0  # C, per-example clipping norm
-  c.dp.accountant = "pld"  # "pld" | "rdp"
-  c.dp.sampling = "poisson"  # "poisson" | "shuffle" (own, weaker event)
-  c.dp.rescale_to_unit_norm = False  # De et al.: clipped grads / C
-  c.dp.non_private = False  # True: no noise, infinite epsilon (baselines)
-  # Opt-in reproducibility: noise, batches and augmentation follow from this
-  # PUBLIC seed, and the run is not private against anyone who knows it.
-  # None (the default): secret randomness from the operating system.
-  c.dp.reproducible_seed = config_dict.placeholder(int)
-
-  c.training = ConfigDict()
-  c.training.expected_batch_size = 256  # B = q * n; the noise divisor
-  c.training.micro_batch_size = 64  # rows per device per micro-step
-  c.training.num_updates = _optional(int, 500)  # T updates; None: calibrate
-  c.training.augmult = 1  # K augmented views per example
-  # How per-example norms and the clipped sum are computed: "vmap" |
-  # "ghost" (Bu et al.'s mixed ghost clipping) | "auto" (dpeq.privacy.ghost_clipping.
-  # selection). Speed and memory only: the guarantee is the same.
-  c.training.per_example_grads = "vmap"
-  c.training.optimizer = ConfigDict()
-  c.training.optimizer.name = "sgd"
-  c.training.optimizer.learning_rate = 1.0
-  c.training.optimizer.momentum = 0.0
-  c.training.optimizer.nesterov = False
-  c.training.optimizer.weight_decay = 0.0
-  c.training.optimizer.b1 = 0.9
-  c.training.optimizer.b2 = 0.999
-  c.training.lr_schedule = ConfigDict()
-  c.training.lr_schedule.name = "constant"  # see LR_SCHEDULES
-  c.training.lr_schedule.warmup_updates = 0  # "warmup_cosine" only
-  c.training.lr_schedule.boundaries = ()  # "piecewise": update counts
-  c.training.lr_schedule.scales = ()  # "piecewise": lr factors
-  c.training.ema_decays = (0.999,)  # one parameter EMA per decay
-  c.training.polyak = True  # also keep the running mean of the iterates
-
-  c.model = ConfigDict()
-  c.model.name = "cnn_tramer"  # a name of dpeq.models.available()
-  c.model.kwargs = ConfigDict()  # the model's own options
-
-  c.data = ConfigDict()
-  c.data.dataset = "fashion_mnist"  # a name of dpeq.data.available()
-  c.data.source = "tfds"  # "tfds" | "raw" (the original files in raw_dir)
-  c.data.data_dir = config_dict.placeholder(str)  # tfds data folder
-  c.data.manual_dir = config_dict.placeholder(str)  # files to prepare from
-  c.data.raw_dir = config_dict.placeholder(str)  # None: shared/data/<name>
-  c.data.cache_dir = config_dict.placeholder(str)  # .npy cache of splits
-  # The whole official training set; "train" holds out "valid" from it.
-  c.data.train_split = "train_valid"
-  c.data.eval_split = "test"
-  # Quick runs: only the first `subset` examples of each split (train and
-  # eval); n (hence q) is then the subset size.
-  c.data.subset = config_dict.placeholder(int)
-  # Evaluating on a split that overlaps the training split (e.g. "valid"
-  # while training on "train_valid") is refused unless this is True; its
-  # records are then labelled as not covered by epsilon.
-  c.data.allow_eval_on_training_data = False
-  c.data.augmentation = ConfigDict()
-  c.data.augmentation.crop_padding = 0
-  c.data.augmentation.random_flip = False
-  c.data.augmentation.vertical_flip = False
-  c.data.augmentation.random_rot90 = False
-  c.data.augmentation.view0_identity = False
-
-  c.eval = ConfigDict()
-  c.eval.every_updates = 100  # 0: only at the end (always at the end)
-  c.eval.batch_size = 1000  # a multiple of the number of devices
-  c.eval.params = ("last", "ema_0.999", "polyak")
-
-  c.checkpoint = ConfigDict()
-  c.checkpoint.every_updates = 50  # 0: only at the end (always at the end)
-  c.checkpoint.keep = 3  # the newest N are kept
-
-  c.logging = ConfigDict()
-  c.logging.every_updates = 1  # a training record (with epsilon) every N
-  c.logging.tensorboard = True
-  c.logging.progress_bar = True
-
-  c.distributed = ConfigDict()  # multi-host: one process per host
-  c.distributed.coordinator_address = config_dict.placeholder(str)  # h:port
-  c.distributed.num_processes = 1
-  c.distributed.process_id = 0
-  return c
+# Where each number of the PrivacyPlan lives in the config.
+_PLAN_FIELDS = {
+    "l2_clip_norm": "dp.l2_clip_norm",
+    "rescale_to_unit_norm": "dp.rescale_to_unit_norm",
+    "noise_multiplier": "dp.noise_multiplier",
+    "target_epsilon": "dp.target_epsilon",
+    "delta": "dp.delta",
+    "sampling": "dp.sampling",
+    "accountant": "dp.accountant",
+    "non_private": "dp.non_private",
+    "expected_batch_size": "training.expected_batch_size",
+    "num_updates": "training.num_updates",
+    "num_examples": "data (the training examples)",
+}
 
 
 # ----------------------------------------------------------------------------
@@ -289,54 +191,12 @@ def validate(config: ConfigDict) -> None:
           "must be None (secret randomness, the default) or a non-negative "
           "integer (reproducible, NOT private against anyone who knows it).")
 
-  # --- dp
-  dp = config.dp
-  if not isinstance(dp.non_private, bool):
-    _fail("dp.non_private", dp.non_private, "must be True or False.")
-  _choice(config, "dp.accountant", ACCOUNTANTS)
-  _choice(config, "dp.sampling", SAMPLINGS)
-  if not _is_number(dp.l2_clip_norm) or not dp.l2_clip_norm > 0:
-    _fail("dp.l2_clip_norm", dp.l2_clip_norm,
-          "must be a positive number (the per-example gradient clip norm).")
-  if dp.non_private:
-    if dp.noise_multiplier not in (None, 0, 0.0):
-      _fail("dp.noise_multiplier", dp.noise_multiplier,
-            "must be None or 0 when dp.non_private=True (no noise is added).")
-    if config.training.num_updates is None:
-      _fail("training.num_updates", None,
-            "must be set when dp.non_private=True (there is no privacy "
-            "budget to derive it from).")
-  else:
-    sigma = dp.noise_multiplier
-    if sigma is not None and (not _is_number(sigma) or not sigma > 0):
-      _fail("dp.noise_multiplier", sigma,
-            "must be positive for a private run; set it to None to calibrate "
-            "it from dp.target_epsilon, or set dp.non_private=True to train "
-            "without privacy.")
-    eps = dp.target_epsilon
-    if eps is not None and (not _is_number(eps) or not 0 < eps < math.inf):
-      _fail("dp.target_epsilon", eps, "must be a positive, finite number.")
-    if not _is_number(dp.delta) or not 0 < dp.delta < 1:
-      _fail("dp.delta", dp.delta,
-            "must lie strictly between 0 and 1 (typically well below "
-            "1 / number of training examples).")
-    if sigma is None and config.training.num_updates is None:
-      _fail("dp.noise_multiplier", None,
-            "and training.num_updates=None: set one of them; the other is "
-            "calibrated to dp.target_epsilon.")
-    if eps is None and (sigma is None or config.training.num_updates is None):
-      _fail("dp.target_epsilon", None,
-            "is needed to calibrate dp.noise_multiplier or "
-            "training.num_updates; set it, or set both of those explicitly.")
-  if not isinstance(dp.rescale_to_unit_norm, bool):
-    _fail("dp.rescale_to_unit_norm", dp.rescale_to_unit_norm,
-          "must be True or False.")
+  # --- dp: the privacy numbers are checked by building their plan.
+  privacy_plan(config)
 
   # --- training
   t = config.training
-  _positive_int(config, "training.expected_batch_size")
   _positive_int(config, "training.micro_batch_size")
-  _positive_int(config, "training.num_updates", allow_none=True)
   if t.micro_batch_size > t.expected_batch_size:
     _fail("training.micro_batch_size", t.micro_batch_size,
           f"must not exceed training.expected_batch_size="
@@ -416,6 +276,28 @@ def validate(config: ConfigDict) -> None:
     if not isinstance(aug[name], bool):
       _fail(f"data.augmentation.{name}", aug[name], "must be True or False.")
   augment_config(config)
+  classes = d.classes
+  if not isinstance(classes, tuple | list) or len(set(classes)) != len(
+      classes) or not all(_is_int(c) and c >= 0 for c in classes):
+    _fail("data.classes", classes,
+          "must be a tuple of distinct non-negative labels (e.g. (5, 6, 7, 8, "
+          "9)), or () for every class.")
+
+  # --- finetune
+  f = config.finetune
+  _choice(config, "finetune.trainable", TRAINABLE)
+  if not isinstance(f.replace_classifier, bool):
+    _fail("finetune.replace_classifier", f.replace_classifier,
+          "must be True or False.")
+  if not isinstance(f.params_name, str) or not f.params_name:
+    _fail("finetune.params_name", f.params_name,
+          "must name released parameters: 'last', 'ema_<decay>' or 'polyak'.")
+  # finetune.init_from is read (and its absence reported) by the runner
+  # before training: a config may name a pretraining run yet to be done.
+  if f.trainable != "all" and t.per_example_grads != "vmap":
+    _fail("training.per_example_grads", t.per_example_grads,
+          f"must be 'vmap' with finetune.trainable={f.trainable!r} (ghost "
+          "clipping differentiates every layer).")
 
   # --- eval
   _positive_int(config, "eval.every_updates", allow_zero=True)
@@ -474,85 +356,45 @@ def eval_overlaps_training(config: ConfigDict) -> bool:
               & _SPLIT_PARTS.get(d.eval_split, set()))
 
 
-def make_dp_sgd_config(config: ConfigDict) -> "update_lib.DpSgdConfig":
-  """The private update's DpSgdConfig of a RESOLVED config."""
-  return update_lib.DpSgdConfig(
-      l2_clip_norm=config.dp.l2_clip_norm,
-      noise_multiplier=config.dp.noise_multiplier,
-      expected_batch_size=config.training.expected_batch_size,
-      rescale_to_unit_norm=config.dp.rescale_to_unit_norm,
-      ema_decays=tuple(config.training.ema_decays),
-      polyak=config.training.polyak, non_private=config.dp.non_private)
+def privacy_plan(config: ConfigDict, *,
+                 num_examples: int | None = None) -> plan_lib.PrivacyPlan:
+  """The PrivacyPlan of `config` (its dp.* and the batch size and T).
 
+  Args:
+    config: an experiment config; after `resolve`, sigma and T are set.
+    num_examples: n, the training split size; None for a plan that is not
+      yet calibrated to the data.
 
-def make_sampler(config: ConfigDict, *, num_examples: int,
-                 seed: int | None, pad_multiple: int = 1):
-  """The batch sampler of `config.dp.sampling` over `num_examples` examples.
-
-  Its `dp_event` is what the run is accounted with (calibration, ledger and
-  privacy.json all use it), so the guarantee matches the sampling done.
-  `seed`: the run's secret sampler seed, or None for a sampler that only
-  describes its DpEvent.
+  Raises:
+    ConfigError: naming the config field of a number the plan refuses.
   """
-  cls = {"poisson": sampling.PoissonSampler,
-         "shuffle": sampling.ShuffleSampler}[config.dp.sampling]
-  return cls(num_examples=num_examples,
-             expected_batch_size=config.training.expected_batch_size,
-             seed=seed, pad_multiple=pad_multiple)
+  dp, t = config.dp, config.training
+  try:
+    return plan_lib.PrivacyPlan(
+        l2_clip_norm=dp.l2_clip_norm,
+        rescale_to_unit_norm=dp.rescale_to_unit_norm,
+        noise_multiplier=dp.noise_multiplier,
+        target_epsilon=dp.target_epsilon, delta=dp.delta,
+        sampling=dp.sampling, accountant=dp.accountant,
+        non_private=dp.non_private,
+        expected_batch_size=t.expected_batch_size,
+        num_updates=t.num_updates, num_examples=num_examples)
+  except plan_lib.PlanError as e:
+    raise _plan_error(e) from None
 
 
-def make_ledger(config: ConfigDict, *, num_examples: int,
-                noise_dimension: int, num_updates: int = 0):
-  """The PrivacyLedger of a resolved config, at `num_updates` updates of
-  `noise_dimension` noised coordinates (the number of parameters)."""
-  return accounting.PrivacyLedger(
-      sampler=make_sampler(config, num_examples=num_examples, seed=None),
-      noise_multiplier=config.dp.noise_multiplier, delta=config.dp.delta,
-      noise_dimension=noise_dimension, accountant=config.dp.accountant,
-      num_updates=num_updates)
-
-
-def spent_epsilon(config: ConfigDict, *, num_examples: int) -> float:
-  """Epsilon (at dp.delta) of the whole run of a resolved config (inf when
-  non-private)."""
-  if config.dp.non_private:
-    return math.inf
-  sampler = make_sampler(config, num_examples=num_examples, seed=None)
-  return accounting.epsilon_of_event(
-      sampler.dp_event(noise_multiplier=config.dp.noise_multiplier,
-                       num_updates=config.training.num_updates),
-      delta=config.dp.delta, accountant=config.dp.accountant)
-
-
-def _calibrate_noise_multiplier(config: ConfigDict, sampler) -> float:
-  """Smallest sigma whose epsilon after T updates is within the target."""
-  dp, num_updates = config.dp, config.training.num_updates
-  if config.dp.sampling == "poisson":
-    return accounting.calibrate_noise_multiplier(
-        target_epsilon=dp.target_epsilon, sampling_rate=sampler.sampling_rate,
-        steps=num_updates, delta=dp.delta, accountant=dp.accountant)
-  # Other samplers: the same search over their own DpEvent.
-  return accounting.calibrate_noise_multiplier_of_event(
-      lambda sigma: sampler.dp_event(noise_multiplier=sigma,
-                                     num_updates=num_updates),
-      target_epsilon=dp.target_epsilon, delta=dp.delta,
-      accountant=dp.accountant)
-
-
-def _calibrate_num_updates(config: ConfigDict, sampler) -> int:
-  """Largest T whose epsilon at the given sigma is within the target."""
-  dp = config.dp
-  if config.dp.sampling == "poisson":
-    return accounting.calibrate_steps(
-        target_epsilon=dp.target_epsilon, noise_multiplier=dp.noise_multiplier,
-        sampling_rate=sampler.sampling_rate, delta=dp.delta,
-        accountant=dp.accountant)
-  # Shuffling: epsilon grows per epoch started, so T ends on an epoch.
-  return accounting.calibrate_steps_of_event(
-      lambda steps: sampler.dp_event(noise_multiplier=dp.noise_multiplier,
-                                     num_updates=steps),
-      target_epsilon=dp.target_epsilon, delta=dp.delta,
-      accountant=dp.accountant)
+def _plan_error(error: plan_lib.PlanError) -> ConfigError:
+  field = _PLAN_FIELDS[error.field]
+  if error.field == "num_examples":
+    return ConfigError(
+        f"the training split has {error.value!r} examples; check "
+        "config.data.dataset, config.data.train_split, config.data.classes "
+        "and config.data.subset.")
+  fix = error.fix
+  for name, path in _PLAN_FIELDS.items():  # Speak in config fields.
+    fix = re.sub(rf"\b{name}\b", f"{path.split('.')[0]}.{name}"
+                 if "." in path else name, fix)
+  return ConfigError(f"config.{field}={error.value!r}: {fix}")
 
 
 def resolve(config: ConfigDict, *, num_examples: int) -> ConfigDict:
@@ -561,7 +403,7 @@ def resolve(config: ConfigDict, *, num_examples: int) -> ConfigDict:
   Args:
     config: an experiment config (not modified).
     num_examples: the number of training examples n the sampler draws from
-      (after `data.subset`).
+      (after `data.classes` and `data.subset`).
 
   Returns:
     A copy with `dp.noise_multiplier` (0.0 when non-private) and
@@ -573,36 +415,13 @@ def resolve(config: ConfigDict, *, num_examples: int) -> ConfigDict:
   """
   validate(config)
   if not _is_int(num_examples) or num_examples < 1:
-    raise ConfigError(
-        f"the training split has {num_examples!r} examples; check "
-        "config.data.dataset, config.data.train_split and config.data.subset.")
+    raise _plan_error(plan_lib.PlanError("num_examples", num_examples, ""))
+  try:
+    plan = privacy_plan(config).calibrated(num_examples=num_examples)
+  except plan_lib.PlanError as e:
+    raise _plan_error(e) from None
   config = config_dict.ConfigDict(config.to_dict())
-  t, dp = config.training, config.dp
-  if t.expected_batch_size > num_examples:
-    _fail("training.expected_batch_size", t.expected_batch_size,
-          f"exceeds the {num_examples} training examples; use a batch size "
-          "of at most the dataset size.")
-  if dp.non_private:
-    dp.noise_multiplier = 0.0
-  else:
-    sampler = make_sampler(config, num_examples=num_examples, seed=None)
-    try:
-      if dp.noise_multiplier is None:
-        dp.noise_multiplier = float(
-            _calibrate_noise_multiplier(config, sampler))
-      elif t.num_updates is None:
-        t.num_updates = int(_calibrate_num_updates(config, sampler))
-    except ValueError as e:
-      raise ConfigError(
-          f"config.dp.target_epsilon={dp.target_epsilon} cannot be met: {e}"
-      ) from None
-    if dp.target_epsilon is not None:
-      eps = spent_epsilon(config, num_examples=num_examples)
-      if eps > dp.target_epsilon * (1 + 1e-6):
-        _fail("dp.target_epsilon", dp.target_epsilon,
-              f"is exceeded: noise_multiplier={dp.noise_multiplier} for "
-              f"{t.num_updates} updates spends epsilon={eps:.4g}; set "
-              "training.num_updates=None (or dp.noise_multiplier=None) to "
-              "calibrate, or set dp.target_epsilon=None to accept it.")
+  config.dp.noise_multiplier = plan.noise_multiplier
+  config.training.num_updates = plan.num_updates
   make_optimizer(config)  # now with the schedule over T updates
   return config

@@ -5,7 +5,8 @@ model and the private update, and runs T DP-SGD updates on a mesh of all
 devices (of all processes). Per update:
 
   host:    sampler.batch(step) -> padded indices + mask (same on every host)
-  device:  for each micro-batch of micro_batch_size * num_devices rows:
+  device:  for each micro-batch of micro_batch_size * num_devices rows
+           (dpeq.training.micro_batching, the one micro-batching path):
              clipped_grads (augmentation key fold_in(fold_in(data_key, step),
              micro_step)), accumulated; micro-steps never touch the update
              step, the averages or the ledger
@@ -37,11 +38,10 @@ config.dp.reproducible_seed the randomness is public and the run is not
 private against anyone who knows that seed.
 """
 
+import functools
 import json
-import math
 import os
 import pathlib
-import sys
 import time
 from typing import Any
 
@@ -54,30 +54,28 @@ from ml_collections import config_dict
 from dpeq import data as data_lib
 from dpeq import models as models_lib
 from dpeq.data import batching
-from dpeq.privacy.sampling import BatchSelection
+from dpeq.models import finetune
 from dpeq.training import (
+  batch_stats,
   checkpointing,
   distributed,
   evaluation,
   metrics,
   release,
   report,
+  resume,
   secret_file,
 )
 from dpeq.training import config as config_lib
 from dpeq.training import per_example_grads as per_example_grads_lib
 from dpeq.training import run_log as run_logging
 from dpeq.training import update as update_lib
+from dpeq.training.micro_batching import MicroBatching
 
 ConfigError = config_lib.ConfigError
 CONFIG_FILE = "config.json"
 PRIVACY_FILE = "privacy.json"
 SPARSITY_EPS = (1e-5, 1e-4, 1e-3, 1e-2)
-# What must match between a checkpoint and the run resuming it: everything
-# that shapes the updates (not where files live, nor logging and evaluation).
-_RESUME_KEYS = ("seed", "dp", "training", "model", "data")
-_RESUME_IGNORED_DATA_KEYS = ("source", "data_dir", "manual_dir", "raw_dir",
-                             "cache_dir", "allow_eval_on_training_data")
 NON_PRIVATE = run_logging.NON_PRIVATE_PREFIX
 # Training record key: seconds this process has trained (evaluations
 # excluded; restarts at 0 on a resume), under the non-private prefix.
@@ -93,7 +91,7 @@ def load_data(config: config_dict.ConfigDict):
   d = config.data
   kwargs = dict(source=d.source, data_dir=d.data_dir, manual_dir=d.manual_dir,
                 raw_dir=d.raw_dir, cache_dir=d.cache_dir,
-                max_examples=d.subset)
+                max_examples=d.subset, classes=tuple(d.classes) or None)
   try:
     train = data_lib.load(d.dataset, split=d.train_split, **kwargs)
     evaluation_set = data_lib.load(d.dataset, split=d.eval_split, **kwargs)
@@ -121,26 +119,6 @@ def make_loss_fn(apply_fn):
   return loss_fn
 
 
-def _micro_stats(clipped, mask):
-  """Additive statistics of one micro-batch (replicated scalars)."""
-  norms = clipped.per_example_norms
-  finite = mask & jnp.isfinite(norms)
-  return {
-      "loss_sum": jnp.sum(jnp.where(mask, clipped.aux["loss"], 0.0)),
-      "correct_sum": jnp.sum(jnp.where(mask, clipped.aux["correct"], 0.0)),
-      "norm_sq_sum": jnp.sum(jnp.where(finite, jnp.square(norms), 0.0)),
-      "norm_min": jnp.min(jnp.where(finite, norms, jnp.inf)),
-  }
-
-
-def _accumulate(a, b):
-  (clipped_a, stats_a), (clipped_b, stats_b) = a, b
-  stats = {k: (jnp.minimum if k == "norm_min" else jnp.add)(stats_a[k],
-                                                            stats_b[k])
-           for k in stats_a}
-  return clipped_a.merge(clipped_b), stats
-
-
 def _sparsity_record(prefix: str, values) -> dict[str, float]:
   return {f"sparsity/{prefix}/{eps:.0e}".replace("e-0", "e-"): float(v)
           for eps, v in zip(SPARSITY_EPS, values, strict=True)}
@@ -152,14 +130,12 @@ def _write_json(path: pathlib.Path, value: Any) -> None:
   os.replace(tmp, path)
 
 
-def _privacy_summary(config, ledger) -> dict[str, Any]:
-  summary = ledger.to_dict()
-  summary["target_epsilon"] = config.dp.target_epsilon
-  summary["non_private"] = config.dp.non_private
+def _privacy_summary(config, plan, ledger) -> dict[str, Any]:
+  """privacy.json: the guarantee after the ledger's updates (the ledger's
+  epsilon and delta), with the plan's numbers (sensitivity, noise std)."""
+  summary = {**plan.to_dict(), **ledger.to_dict()}
   summary["reproducible_seed"] = config.dp.reproducible_seed
-  summary["dp_event"] = repr(ledger.sampler.dp_event(
-      noise_multiplier=config.dp.noise_multiplier,
-      num_updates=ledger.num_updates))
+  summary["dp_event"] = repr(plan.dp_event(num_updates=ledger.num_updates))
   return summary
 
 
@@ -172,6 +148,8 @@ class _Run:
     self.train_set, self.eval_set = load_data(config)
     self.config = cfg = config_lib.resolve(
         config, num_examples=len(self.train_set))
+    # The one owner of the guarantee's numbers, calibrated to the data.
+    self.plan = config_lib.privacy_plan(cfg, num_examples=len(self.train_set))
     self.num_updates = cfg.training.num_updates
     self.mesh = distributed.batch_mesh()
     self.num_devices = self.mesh.size
@@ -182,15 +160,25 @@ class _Run:
       raise ConfigError(
           f"config.eval.batch_size={cfg.eval.batch_size} must be a multiple "
           f"of the {self.num_devices} devices.")
-    self.rows_per_micro_step = cfg.training.micro_batch_size * self.num_devices
+    self.micro_batching = MicroBatching(
+        micro_batch_size=cfg.training.micro_batch_size,
+        num_devices=self.num_devices)
     self.eval_on_training_data = config_lib.eval_overlaps_training(cfg)
+    if cfg.finetune.init_from is not None:  # Before any compilation.
+      try:
+        self.pretrained = finetune.pretrained_params_path(
+            cfg.finetune.init_from, params_name=cfg.finetune.params_name)
+      except ValueError as e:
+        raise ConfigError(
+            f"config.finetune.init_from={cfg.finetune.init_from!r}: {e}"
+        ) from None
 
   def build(self, randomness) -> None:
     """Sampler, model, private update, jitted steps and the initial
     TrainState; `randomness` is the run's RunRandomness."""
-    self.sampler = config_lib.make_sampler(
-        self.config, num_examples=len(self.train_set),
-        seed=randomness.sampler_seed(), pad_multiple=self.rows_per_micro_step)
+    self.sampler = self.plan.sampler(
+        seed=randomness.sampler_seed(),
+        pad_multiple=self.micro_batching.rows_per_step)
     cfg, info = self.config, self.train_set.info
     try:
       self.model = models_lib.create(cfg.model.name,
@@ -198,13 +186,18 @@ class _Run:
                                      **cfg.model.kwargs.to_dict())
     except ValueError as e:
       raise ConfigError(f"config.model ({cfg.model.name!r}): {e}") from None
-    self.dp_config = config_lib.make_dp_sgd_config(cfg)
     loss_fn = make_loss_fn(self.model.apply)
     self._check_per_example_grads(loss_fn, info.image_shape)
+    trainable = cfg.finetune.trainable
+    self.partition = (None if trainable == "all" else functools.partial(
+        finetune.split_trainable, trainable=trainable))
     self.private = update_lib.make_private_update(
         loss_fn=loss_fn,
         optimizer=config_lib.make_optimizer(cfg),
-        config=self.dp_config,
+        plan=self.plan,
+        ema_decays=tuple(cfg.training.ema_decays),
+        polyak=cfg.training.polyak,
+        partition=self.partition,
         views_fn=data_lib.views_fn(config_lib.augment_config(cfg), info.mean,
                                    info.std),
         per_example_gradients=per_example_grads_lib.strategy(
@@ -215,8 +208,25 @@ class _Run:
             "grad_sparsity": metrics.l0_sparsity(noisy, eps=SPARSITY_EPS)})
     # The model's initialisation is public; noise and augmentation are not.
     self.data_key = randomness.augmentation_key()
-    self._compile(jax.random.key(cfg.seed), randomness.noise_key(),
-                  info.image_shape)
+    self._compile(self._initial_params(info.image_shape),
+                  randomness.noise_key())
+
+  def _initial_params(self, image_shape):
+    """The model's initialisation (public seed), or the pretrained
+    parameters of config.finetune (a fresh classifier if so configured)."""
+    cfg = self.config
+    params = jax.jit(self.model.init)(
+        jax.random.key(cfg.seed), jnp.zeros((1, *image_shape), jnp.float32))
+    if cfg.finetune.init_from is None:
+      return params
+    try:
+      return finetune.restore_for_task(
+          restored=finetune.load_params(self.pretrained), fresh=params,
+          replace_head=cfg.finetune.replace_classifier)
+    except (ValueError, OSError) as e:
+      raise ConfigError(
+          f"config.finetune.init_from={cfg.finetune.init_from!r}: {e}"
+      ) from None
 
   def _check_per_example_grads(self, loss_fn, image_shape):
     """training.per_example_grads='ghost' on a model it cannot run: say so."""
@@ -231,27 +241,29 @@ class _Run:
       raise ConfigError(f"config.training.per_example_grads={name!r}: {e}"
                         ) from None
 
-  def _compile(self, init_key, noise_key, image_shape):
+  def _compile(self, params, noise_key):
     """Jitted pieces with their shardings (params replicated, rows split)."""
     rep, rows = self.replicated, self.batch_sharding
-    model, private = self.model, self.private
+    private = self.private
 
-    def init(init_key, noise_key):
-      params = model.init(init_key, jnp.zeros((1, *image_shape), jnp.float32))
+    def init(params, noise_key):
       return private.init(params, key=noise_key)
 
-    self.state = jax.jit(init, out_shardings=rep)(init_key, noise_key)
-    self.num_params = hk.data_structures.tree_size(self.state.params)
+    self.state = jax.jit(init, out_shardings=rep)(params, noise_key)
+    # The noised coordinates: the trainable parameters.
+    self.noise_dimension = hk.data_structures.tree_size(
+        self.state.params if self.partition is None
+        else self.partition(self.state.params)[0])
 
     def micro_step(params, batch, mask, data_key, step, micro_step):
       key = jax.random.fold_in(jax.random.fold_in(data_key, step), micro_step)
       clipped = private.clipped_grads(params, batch, mask, key=key)
-      return clipped.totals(), _micro_stats(clipped, mask)
+      return clipped.totals(), batch_stats.micro_batch_stats(clipped, mask)
 
     self.micro_step = jax.jit(
         micro_step, in_shardings=(rep, rows, rows, rep, rep, rep),
         out_shardings=rep)
-    self.accumulate = jax.jit(_accumulate, out_shardings=rep)
+    self.accumulate = jax.jit(batch_stats.merge, out_shardings=rep)
     self.apply = jax.jit(private.apply, out_shardings=rep)
     self.param_sparsity = jax.jit(
         lambda p: metrics.l0_sparsity(p, eps=SPARSITY_EPS), out_shardings=rep)
@@ -260,49 +272,27 @@ class _Run:
 
   def run_update(self, step: int):
     """One logical batch; returns (clipped totals and stats, metrics)."""
-    selection = self.sampler.batch(step)
-    size = self.rows_per_micro_step
-    total = None
-    for micro, start in enumerate(range(0, len(selection.indices), size)):
-      part = BatchSelection(indices=selection.indices[start:start + size],
-                            mask=selection.mask[start:start + size])
+    size = self.micro_batching.rows_per_step
+
+    def micro_step(micro, part):
       raw = batching.gather(self.train_set, part, sharding=self.batch_sharding)
       local_mask = part.mask[batching.local_rows(size, self.batch_sharding)]
       batch, mask = batching.to_devices((raw, local_mask), self.batch_sharding)
-      result = self.micro_step(self.state.params, batch, mask, self.data_key,
-                               np.int32(step), np.int32(micro))
-      total = result if total is None else self.accumulate(total, result)
+      return self.micro_step(self.state.params, batch, mask, self.data_key,
+                             np.int32(step), np.int32(micro))
+
+    total = self.micro_batching.accumulate(
+        self.sampler.batch(step), micro_step=micro_step,
+        merge=self.accumulate)
     self.state, update_metrics = self.apply(self.state, total[0])
     return total, update_metrics
 
   def training_record(self, step, ledger, total, update_metrics):
     clipped, stats = distributed.to_host(total)
     m = distributed.to_host(update_metrics)
-    count = max(int(clipped.num_examples), 1)
-    finite = max(int(clipped.num_examples - clipped.num_nonfinite), 1)
-    # The update's metrics of the non-noised batch (prefix "nonprivate/").
-    batch = {k[len(NON_PRIVATE):]: v for k, v in m.items()
-             if k.startswith(NON_PRIVATE)}
-    mean_norm = float(batch["mean_grad_norm"])
-    variance = max(float(stats["norm_sq_sum"]) / finite - mean_norm ** 2, 0.0)
-    noise_norm = float(m["noise_std"]) * math.sqrt(self.num_params)
-    clipped_sum_norm = (float(batch["clipped_grad_norm"])
-                        * self.dp_config.expected_batch_size)
-    diagnostics = {  # of the non-noised batch: NOT covered by epsilon
-        "loss": float(stats["loss_sum"]) / count,
-        "train_accuracy": float(stats["correct_sum"]) / count,
-        "batch_size": int(clipped.num_examples),
-        "num_nonfinite": int(clipped.num_nonfinite),
-        "grad_norm_mean": mean_norm,
-        "grad_norm_std": math.sqrt(variance),
-        "grad_norm_min": float(stats["norm_min"]),
-        "grad_norm_max": float(batch["max_grad_norm"]),
-        "fraction_clipped": float(batch["fraction_clipped"]),
-        # ||clipped sum|| / E||noise|| (E||noise|| ~ sigma C sqrt(d)).
-        "signal_to_noise": (clipped_sum_norm / noise_norm if noise_norm
-                            else math.inf),
-        "clipped_grad_norm": float(batch["clipped_grad_norm"]),
-    }
+    diagnostics = batch_stats.diagnostics(  # NOT covered by epsilon
+        clipped, stats, m, noise_dimension=self.noise_dimension,
+        expected_batch_size=self.plan.expected_batch_size)
     return {
         "step": step,
         "epsilon": ledger.epsilon(),
@@ -336,121 +326,13 @@ class _Run:
     return records
 
 
-def _resume_fingerprint(config) -> dict[str, Any]:
-  """The part of a resolved config that a resumed run must share."""
-  fingerprint = {key: config[key].to_dict() if hasattr(config[key], "to_dict")
-                 else config[key] for key in _RESUME_KEYS}
-  for key in _RESUME_IGNORED_DATA_KEYS:
-    fingerprint["data"].pop(key)
-  return run_logging.to_python(fingerprint)
-
-
-def _warn(message: str) -> None:
-  print(f"WARNING: {message}", file=sys.stderr, flush=True)
-
-
-def _compatible_steps(run: _Run, checkpointer
-                      ) -> tuple[list[int], dict[int, BaseException]]:
-  """The checkpoints' steps, newest first, and the errors of those whose
-  record cannot be read; checks that the newest readable one belongs to
-  this config.
-
-  Reads only the JSON records, so a mismatch is reported before compiling.
-  """
-  steps, errors = list(reversed(checkpointer.all_steps())), {}
-  checked = False
-  for step in steps:
-    try:
-      saved = checkpointer.read_record(step)["config"]
-    except Exception as e:  # noqa: BLE001 (any damage: try the previous)
-      errors[step] = e
-      continue
-    if not checked:
-      checked = True
-      current = _resume_fingerprint(run.config)
-      for key in _RESUME_KEYS:
-        if saved.get(key) != current[key]:
-          raise ConfigError(
-              f"the checkpoints in this workdir belong to a run whose "
-              f"config.{key} differs from this one; use a fresh --workdir "
-              "(or the same config to resume).")
-  return steps, errors
-
-
-def _set_aside(checkpointer, step: int, error: BaseException) -> None:
-  """Moves an unreadable checkpoint out of the way, saying so."""
-  moved = checkpointer.set_aside(step) if jax.process_index() == 0 else None
-  _warn(f"checkpoint {step} in {checkpointer.directory} cannot be read "
-        f"({type(error).__name__}: {str(error)[:300]}); it was moved to "
-        f"{moved} and an older checkpoint is used instead.")
-
-
-def _restore(run: _Run, checkpointer, ledger, metrics_path,
-             steps: list[int], errors: dict[int, BaseException]) -> int:
-  """Restores the newest readable checkpoint of `steps` (none: a fresh
-  start); returns its step.
-
-  A checkpoint that cannot be read (truncated, corrupted; `errors` holds
-  those whose record already failed) is skipped for the next older one and,
-  once an older one is restored, set aside with a warning; when checkpoints
-  exist but none can be read, the run refuses to start from scratch (and
-  moves nothing). Also cuts
-  metrics.jsonl back to what the restored checkpoint had seen (the rule is
-  in dpeq.training.checkpointing). Redoing the updates after it repeats the
-  same mechanism with the same secret randomness: nothing new is released.
-  """
-  metrics_bytes = 0
-  step, record = None, None
-  fresh_key = run.state.privatizer_state.key
-  errors = dict(errors)
-  for candidate in steps:
-    if candidate in errors:
-      continue
-    try:
-      state, record = checkpointer.restore(candidate, like=run.state)
-    except Exception as e:  # noqa: BLE001 (any damage: try the previous)
-      errors[candidate] = e
-      continue
-    run.state, step = state, candidate
-    break
-  if steps and step is None:
-    details = "; ".join(f"{s}: {type(e).__name__}: {str(e)[:200]}"
-                        for s, e in errors.items())
-    raise ConfigError(
-        f"none of the checkpoints in {checkpointer.directory} can be read "
-        f"({details}); refusing to start from scratch, which would spend "
-        "the privacy budget again. Restore a checkpoint, or start a fresh "
-        "--workdir.")
-  for bad in sorted(errors):
-    _set_aside(checkpointer, bad, errors[bad])
-  if step is not None:
-    restored_key = run.state.privatizer_state.key
-    if not np.array_equal(
-        distributed.to_host(jax.random.key_data(restored_key)),
-        distributed.to_host(jax.random.key_data(fresh_key))):
-      raise ConfigError(
-          f"the checkpoint of update {step} holds a noise key that does not "
-          f"follow from this workdir's {secret_file.SECRET_FILE} (or "
-          "config.dp.reproducible_seed): the file was replaced. Restore it, "
-          "or start a fresh --workdir.")
-    ledger.record(record["ledger"]["num_updates"])
-    metrics_bytes = record["metrics_bytes"]
-  step = step or 0
-  if int(distributed.to_host(run.state.update_step)) != step:
-    raise AssertionError("checkpoint step and TrainState.update_step differ")
-  if run.is_chief:
-    checkpointing.truncate_metrics(metrics_path, length=metrics_bytes)
-  return step
-
-
 def _announce(run: _Run, workdir: pathlib.Path, start: int) -> None:
   """Writes config.json and privacy.json; prints the config, sigma and T."""
   cfg, T = run.config, run.num_updates
-  full_run = config_lib.make_ledger(cfg, num_examples=len(run.train_set),
-                                    noise_dimension=run.num_params,
-                                    num_updates=T)
+  full_run = run.plan.ledger(noise_dimension=run.noise_dimension,
+                             num_updates=T)
   _write_json(workdir / CONFIG_FILE, cfg.to_dict())
-  _write_json(workdir / PRIVACY_FILE, _privacy_summary(cfg, full_run))
+  _write_json(workdir / PRIVACY_FILE, _privacy_summary(cfg, run.plan, full_run))
   print(f"Resolved config:\n{cfg}")
   print(f"noise_multiplier (sigma) = {cfg.dp.noise_multiplier:.6g}, "
         f"num_updates (T) = {T}, sampling rate q = "
@@ -503,14 +385,14 @@ def train(config: config_dict.ConfigDict, *, workdir: str | os.PathLike
   cfg, T = run.config, run.num_updates
   checkpointer = checkpointing.Checkpointer(workdir, keep=cfg.checkpoint.keep)
   metrics_path = workdir / run_logging.METRICS_FILE
-  steps, unreadable = _compatible_steps(run, checkpointer)
+  steps, unreadable = resume.compatible_steps(run, checkpointer)
   randomness = secret_file.load_or_create(
       workdir, reproducible_seed=cfg.dp.reproducible_seed,
       resuming=bool(steps))
   run.build(randomness)
-  ledger = config_lib.make_ledger(cfg, num_examples=len(run.train_set),
-                                  noise_dimension=run.num_params)
-  start = _restore(run, checkpointer, ledger, metrics_path, steps, unreadable)
+  ledger = run.plan.ledger(noise_dimension=run.noise_dimension)
+  start = resume.restore(run, checkpointer, ledger, metrics_path, steps,
+                         unreadable)
   if run.is_chief:
     _announce(run, workdir, start)
 
@@ -520,7 +402,7 @@ def train(config: config_dict.ConfigDict, *, workdir: str | os.PathLike
   bar = run_logging.ProgressBar(
       total=T, initial=start,
       enabled=run.is_chief and cfg.logging.progress_bar)
-  fingerprint = _resume_fingerprint(cfg)
+  fingerprint = resume.fingerprint(cfg)
 
   def save(step):
     # The record holds no key: the randomness follows from the secret file.
@@ -566,7 +448,7 @@ def train(config: config_dict.ConfigDict, *, workdir: str | os.PathLike
                        and done % cfg.checkpoint.every_updates == 0):
         save(done)
     final_records = evaluate(T)
-    privacy = _privacy_summary(cfg, ledger)
+    privacy = _privacy_summary(cfg, run.plan, ledger)
     if run.is_chief:
       _write_json(workdir / PRIVACY_FILE, privacy)
       release.write_release(

@@ -5,7 +5,9 @@ per-example norms and the same clipped sum (tests/privacy/
 test_privacy_ghost_clipping.py), so the guarantee does not depend on it.
 
   vmap   dpeq.privacy.clipping.vmap_gradients: per-example gradients
-         materialised; any model.
+         materialised; any model. The runner takes it from dpeq.xla
+         (per-tap conv weight gradients on XLA:CPU under a tested jax,
+         plain vmap elsewhere: same values).
   ghost  dpeq.privacy.ghost_clipping.ghost_gradients: mixed ghost clipping;
          models built from the supported layers
          (dpeq.privacy.ghost_layers.supported_layers()).
@@ -22,6 +24,7 @@ import numpy as np
 from absl import logging
 
 from dpeq.privacy import clipping, ghost_clipping, ghost_layers
+from dpeq.xla import conv_weight_grads
 
 STRATEGIES = ("vmap", "ghost", "auto")
 
@@ -58,13 +61,13 @@ def auto_gradients(loss_fn, params, batch) -> clipping.PerExampleGradients:
     taps = ghost_clipping.find_taps(loss_fn, params, batch)
   except ghost_layers.UnsupportedLayerError as e:
     logging.info("per_example_grads='auto': vmap (%s)", e)
-    return clipping.vmap_gradients(loss_fn, params, batch)
+    return conv_weight_grads.vmap_gradients(loss_fn, params, batch)
   num_views = int(np.shape(jax.tree.leaves(batch)[0])[1])
   if prefer_ghost(taps, num_views=num_views, backend=jax.default_backend()):
     logging.info("per_example_grads='auto': ghost (%d layers)", len(taps))
-    return ghost_clipping.ghost_gradients(loss_fn, params, batch)
+    return ghost_clipping.ghost_gradients(loss_fn, params, batch, taps=taps)
   logging.info("per_example_grads='auto': vmap (%d layers)", len(taps))
-  return clipping.vmap_gradients(loss_fn, params, batch)
+  return conv_weight_grads.vmap_gradients(loss_fn, params, batch)
 
 
 def strategy(name: str) -> clipping.GradientStrategy:
@@ -72,7 +75,7 @@ def strategy(name: str) -> clipping.GradientStrategy:
   if name not in STRATEGIES:
     raise ValueError(
         f"per_example_grads={name!r}: use one of {', '.join(STRATEGIES)}.")
-  return {"vmap": clipping.vmap_gradients,
+  return {"vmap": conv_weight_grads.vmap_gradients,
           "ghost": ghost_clipping.ghost_gradients,
           "auto": auto_gradients}[name]
 

@@ -323,13 +323,10 @@ def _privacy_section(config, privacy, series: _Series) -> list[str]:
   steps, epsilon = series.train_curve("epsilon")
   spent = privacy.get("epsilon", epsilon[-1] if epsilon.size else None)
   sigma = privacy.get("noise_multiplier", _get(config, "dp.noise_multiplier"))
-  clip = _get(config, "dp.l2_clip_norm")
-  batch = _get(config, "training.expected_batch_size")
-  noise_on_mean = (
-      sigma * clip / batch
-      if all(isinstance(v, int | float) for v in (sigma, clip, batch))
-      else None
-  )
+  clip = privacy.get("l2_clip_norm", _get(config, "dp.l2_clip_norm"))
+  # The plan's numbers (privacy.json), not re-derived here.
+  sensitivity = privacy.get("sensitivity")
+  noise_on_mean = privacy.get("noise_std_of_mean")
   seed = _get(config, "dp.reproducible_seed")
   lines += [release.THREAT_MODEL, ""]
   if seed is not None:
@@ -342,7 +339,9 @@ def _privacy_section(config, privacy, series: _Series) -> list[str]:
       ("sampling", privacy.get("sampling", _get(config, "dp.sampling"))),
       ("training examples n", privacy.get("num_examples")),
       ("clip norm C", clip),
-      ("noise std on the mean gradient (sigma C / B)", noise_on_mean),
+      ("sensitivity of the clipped sum (C, or 1 rescaled)", sensitivity),
+      ("noise std on the mean gradient (sigma x sensitivity / B)",
+       noise_on_mean),
       ("**delta** (accountant + noise sampler's cut tail)",
        privacy.get("delta", _get(config, "dp.delta"))),
       ("delta of the accountant", privacy.get("accountant_delta")),

@@ -25,7 +25,8 @@ import numpy as np
 import optax
 
 from dpeq import models
-from dpeq.privacy import clipping, ghost_clipping
+from dpeq.privacy import clipping
+from dpeq.training import per_example_grads
 from experiments.bench import common
 from experiments.bench import models_overhead as overhead
 
@@ -39,8 +40,8 @@ SPEED_CASES = {
     "eq_tramer_cnn_d1/cifar": ("eq_tramer_cnn", {"group": "D1"},
                                (32, 32, 3)),
 }
-STRATEGIES = {"vmap": clipping.vmap_gradients,
-              "ghost": ghost_clipping.ghost_gradients}
+STRATEGIES = {name: per_example_grads.strategy(name)
+              for name in ("vmap", "ghost")}
 
 
 def memory_row(case: str, *, batch_size: int) -> dict:

@@ -38,8 +38,11 @@ from jax import lax
 
 from dpeq import models
 from dpeq.data import augment
-from dpeq.privacy import clipping, ghost_clipping
+from dpeq.privacy.plan import PrivacyPlan
+from dpeq.privacy.sampling import BatchSelection
+from dpeq.training import per_example_grads
 from dpeq.training import update as update_lib
+from dpeq.training.micro_batching import MicroBatching
 from experiments.bench import common
 
 CIFAR_SHAPE = (32, 32, 3)
@@ -176,9 +179,9 @@ def make_loss_fn(apply_fn):
   return loss_fn
 
 
-# The private step's per-example-gradient strategies (dpeq.privacy.clipping).
-PER_EXAMPLE_GRADS = {"vmap": clipping.vmap_gradients,
-                     "ghost": ghost_clipping.ghost_gradients}
+# The private step's per-example-gradient strategies, as the runner takes them.
+PER_EXAMPLE_GRADS = {name: per_example_grads.strategy(name)
+                     for name in ("vmap", "ghost")}
 
 
 def make_steps(case: Case, *, batch_size: int, num_views: int,
@@ -213,15 +216,26 @@ def make_steps(case: Case, *, batch_size: int, num_views: int,
 
   private = update_lib.make_private_update(
       loss_fn=make_loss_fn(model.apply), optimizer=optimizer,
-      config=update_lib.DpSgdConfig(
-          l2_clip_norm=1.0, noise_multiplier=1.0,
-          expected_batch_size=batch_size, micro_batch_size=micro_batch_size),
+      plan=PrivacyPlan(l2_clip_norm=1.0, noise_multiplier=1.0,
+                       expected_batch_size=batch_size, num_updates=1),
       views_fn=views_fn,
       per_example_gradients=PER_EXAMPLE_GRADS[per_example_grads])
   state = private.init(params, key=jax.random.key(seed + 2))
+  # The runner's micro-batching path, traced into one jitted step.
+  batching = MicroBatching(micro_batch_size=micro_batch_size or batch_size)
+  whole = BatchSelection(indices=np.arange(batch_size),
+                         mask=np.ones(batch_size, bool))
 
   def private_step(state, batch, mask, key):
-    return private.update(state, batch, mask, key=key)[0]
+    def micro_step(index, part):
+      rows = slice(int(part.indices[0]), int(part.indices[-1]) + 1)
+      return private.clipped_grads(
+          state.params, jax.tree.map(lambda x: x[rows], batch), mask[rows],
+          key=jax.random.fold_in(key, index)).totals()
+
+    total = batching.accumulate(whole, micro_step=micro_step,
+                                merge=lambda a, b: a.merge(b))
+    return private.apply(state, total)[0]
 
   def non_private_step(params, opt_state, batch, key):
     views = views_fn(key, batch)

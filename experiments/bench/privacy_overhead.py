@@ -23,8 +23,8 @@ images/s (L * K / time), compile time of the per-micro-batch functions, XLA's
 memory plan of each (arguments + outputs + temporaries) and the process'
 peak RSS after the case (monotone over the run).
 
-On XLA:CPU, clipped_grad_sum computes conv weight gradients per kernel tap
-(dpeq.privacy.conv_weight_grads); the second table compares that with plain
+On XLA:CPU, the runner's vmap strategy computes conv weight gradients per
+kernel tap (dpeq.xla.conv_weight_grads); the second table compares that with plain
 vmap(grad) and a Python loop over examples.
 
 Models: "small_cnn" (3 conv layers, ~25k params) and "wrn16_4" (a WRN-16-4
@@ -46,8 +46,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dpeq.privacy import clipping, conv_weight_grads
+from dpeq.privacy import clipping
+from dpeq.privacy.plan import PrivacyPlan
 from dpeq.training import update as update_lib
+from dpeq.xla import conv_weight_grads
 from experiments.bench import common
 
 NUM_CLASSES = 10
@@ -151,10 +153,11 @@ def run_case(case: Case, *, rounds: int) -> dict[str, Any]:
 
   optimizer = optax.sgd(0.1)
   logical = m * case.num_micro_batches
-  config = update_lib.DpSgdConfig(l2_clip_norm=1.0, noise_multiplier=1.0,
-                                  expected_batch_size=logical)
+  plan = PrivacyPlan(l2_clip_norm=1.0, noise_multiplier=1.0,
+                     expected_batch_size=logical, num_updates=1)
   private = update_lib.make_private_update(
-      loss_fn=loss_fn, optimizer=optimizer, config=config,
+      loss_fn=loss_fn, optimizer=optimizer, plan=plan,
+      per_example_gradients=conv_weight_grads.vmap_gradients,
       views_fn=lambda key, batch: batch)  # The micro-batches hold the views.
   state = private.init(params, key=jax.random.key(1))
   key = jax.random.key(2)
@@ -233,7 +236,7 @@ def per_example_grad_alternatives(model: str, *, batch_size: int,
   """Per-example gradient formulations against one batch gradient.
 
   vmap(grad) as JAX makes it (conv weight gradients become grouped convs),
-  with per-tap dot-product weight gradients (dpeq.privacy.conv_weight_grads),
+  with per-tap dot-product weight gradients (dpeq.xla.conv_weight_grads),
   dpeq's clipped_grad_sum (per-example grads + clipping + sum), and a Python
   loop over examples. All compute the same backward-pass FLOPs; the
   differences are what XLA makes of them on this backend.
@@ -260,7 +263,8 @@ def per_example_grad_alternatives(model: str, *, batch_size: int,
       "clipped_grad_sum": jax.jit(lambda p, x, y: clipping.clipped_grad_sum(
           lambda p, v: (loss(p, v["x"], v["y"])[None], ()), p,
           {"x": x[:, None], "y": y[:, None]}, jnp.ones(len(y), bool),
-          l2_clip_norm=1.0).grad_sum),
+          l2_clip_norm=1.0,
+          per_example_gradients=conv_weight_grads.vmap_gradients).grad_sum),
       "python_loop_grad": jax.jit(lambda p, x, y: [
           one(p, x[i], y[i]) for i in range(batch_size)]),
   }

@@ -82,12 +82,7 @@ def get_config(arg: str = ""):
   for key, value in kwargs.items():
     c.model.kwargs[key] = value
 
-  c.data.dataset = "cifar10"
-  c.data.train_split = "train_valid"
-  c.data.eval_split = "test"
-  c.data.augmentation.crop_padding = 4
-  c.data.augmentation.random_flip = True
-  common.use_shared_data(c)
+  common.cifar10_data(c)
 
   c.eval.every_updates = 50
   c.eval.batch_size = 500

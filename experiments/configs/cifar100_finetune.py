@@ -11,10 +11,20 @@ norm 1 with rescaling to unit norm, noise multiplier 21.1 for 250 updates,
 plain SGD with constant learning rate 1, no weight decay, EMA 0.9, RDP
 accounting.
 
-The pre-trained weights are not part of this config: the experiment schema
-has no field yet for the checkpoint to start from (see
-dpeq.models.finetune for restoring one and replacing the classifier). Run as
-is, it trains the same network from scratch with the fine-tuning recipe.
+The pretrained weights come from `finetune.init_from` (default
+runs/imagenet32_wrn28_10): the workdir of a WRN-28-10 pretraining run (its
+release/params_last.npz) or a .npz of "module/param" arrays with dpeq's WRN
+module names. No ImageNet weights exist offline, so point it to your own:
+
+  --config=experiments/configs/cifar100_finetune.py \
+      --config.finetune.init_from=/path/to/wrn28_10_run
+
+The runner refuses to start (a ConfigError naming the field) while that path
+does not exist. The classifier is replaced by a fresh 100-way one and all
+parameters are trained (`finetune.trainable="all"`; "classifier" trains,
+clips and noises the head only). The guarantee covers CIFAR-100; the
+pretraining data must be public. experiments/configs/cifar10_finetune.py
+shows the same setting end to end on the data here.
 """
 
 from dpeq.training import config as config_lib
@@ -22,6 +32,8 @@ from experiments.configs import common
 
 # The config arguments of the paper's runs.
 EXPERIMENTS = ("",)
+# Where the WRN-28-10 pretrained on ImageNet 32x32 is expected.
+PRETRAINED_WORKDIR = "runs/imagenet32_wrn28_10"
 
 
 def get_config(arg: str = ""):
@@ -49,6 +61,11 @@ def get_config(arg: str = ""):
   c.training.lr_schedule.name = "constant"
   c.training.ema_decays = (0.9,)
   c.training.polyak = True
+
+  c.finetune.init_from = PRETRAINED_WORKDIR
+  c.finetune.params_name = "last"
+  c.finetune.replace_classifier = True
+  c.finetune.trainable = "all"
 
   c.model.name = "wrn"
   c.model.kwargs.depth = 28

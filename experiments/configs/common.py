@@ -94,6 +94,17 @@ def use_shared_data(config: config_dict.ConfigDict) -> None:
     config.data.raw_dir = str(raw_dir)
 
 
+def cifar10_data(config: config_dict.ConfigDict) -> None:
+  """CIFAR-10 train_valid -> test, reflect-pad 4 random crops and flips,
+  read from the shared original files when present."""
+  config.data.dataset = "cifar10"
+  config.data.train_split = "train_valid"
+  config.data.eval_split = "test"
+  config.data.augmentation.crop_padding = 4
+  config.data.augmentation.random_flip = True
+  use_shared_data(config)
+
+
 def finish(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
   """Validates the config (raises ConfigError) and returns it."""
   config_lib.validate(config)

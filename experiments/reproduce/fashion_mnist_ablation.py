@@ -175,7 +175,7 @@ def write_table(results_dir: pathlib.Path) -> pathlib.Path:
   return path
 
 
-def measure_throughput(arm: str, *, batch_size: int = 512,
+def measure_throughput(arm: str, *, batch_size: int = 256,
                        repeats: int = 3) -> float:
   """Clipped per-example gradients per second of `arm`'s model on this host."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -197,7 +197,7 @@ def measure_throughput(arm: str, *, batch_size: int = 512,
     return losses, {}
 
   step = jax.jit(lambda p, b, m: clipping.clipped_grad_sum(
-      loss_fn, p, b, m, l2_clip_norm=1.0, micro_batch_size=256).grad_sum)
+      loss_fn, p, b, m, l2_clip_norm=1.0).grad_sum)
   batch = {"image": images, "label": labels}
   mask = jnp.ones((batch_size,), bool)
   jax.block_until_ready(step(params, batch, mask))

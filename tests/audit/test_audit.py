@@ -24,6 +24,7 @@ from jax.flatten_util import ravel_pytree
 from dpeq import audit
 from dpeq.audit import canaries as canaries_lib
 from dpeq.privacy import accounting
+from dpeq.privacy.plan import PrivacyPlan
 from dpeq.training import update as update_lib
 
 NUM_REAL, NUM_UPDATES, BATCH, EPSILON, DELTA = 1000, 60, 200, 1.0, 1e-5
@@ -56,17 +57,17 @@ def _mean_abs_data_grad(model, params, images, labels):
 
 
 def _no_clipping(**kwargs):
-  config = kwargs["config"]
-  # Clip at 1e9 with the noise std of the claimed config: nothing is clipped.
-  return update_lib.make_private_update(**{**kwargs, "config": dataclasses.replace(
-      config, l2_clip_norm=1e9,
-      noise_multiplier=config.noise_multiplier * config.l2_clip_norm / 1e9)})
+  plan = kwargs["plan"]
+  # Clip at 1e9 with the noise std of the claimed plan: nothing is clipped.
+  return update_lib.make_private_update(**{**kwargs, "plan": dataclasses.replace(
+      plan, l2_clip_norm=1e9,
+      noise_multiplier=plan.noise_multiplier * plan.l2_clip_norm / 1e9)})
 
 
 def _noise_divided_by_10(**kwargs):
-  config = kwargs["config"]
-  return update_lib.make_private_update(**{**kwargs, "config": dataclasses.replace(
-      config, noise_multiplier=config.noise_multiplier / 10)})
+  plan = kwargs["plan"]
+  return update_lib.make_private_update(**{**kwargs, "plan": dataclasses.replace(
+      plan, noise_multiplier=plan.noise_multiplier / 10)})
 
 
 def _noise_reused(**kwargs):
@@ -107,13 +108,13 @@ def _audit(engine, seed, *, kind="gradient", num_canaries=600):
   sigma = accounting.calibrate_noise_multiplier(
       target_epsilon=EPSILON, sampling_rate=BATCH / num_examples,
       steps=NUM_UPDATES, delta=DELTA)
-  config = update_lib.DpSgdConfig(l2_clip_norm=1.0, noise_multiplier=sigma,
-                                  expected_batch_size=BATCH,
-                                  micro_batch_size=100)
+  plan = PrivacyPlan(l2_clip_norm=1.0, noise_multiplier=sigma,
+                     expected_batch_size=BATCH, num_updates=NUM_UPDATES,
+                     delta=DELTA)
   return audit.audit(apply_fn=model.apply, params=params, images=images,
-                     labels=labels, canaries=canaries, config=config,
-                     optimizer=optax.sgd(1.0), num_updates=NUM_UPDATES,
-                     delta=DELTA, seed=seed, make_engine=ENGINES[engine])
+                     labels=labels, canaries=canaries, plan=plan,
+                     optimizer=optax.sgd(1.0), micro_batch_size=100,
+                     seed=seed, make_engine=ENGINES[engine])
 
 
 def test_quiet_coordinates_are_those_the_data_does_not_move():

@@ -42,21 +42,6 @@ def test_gather_rejects_bad_selections():
     batching.gather(dataset, BatchSelection(np.array([1, 2]), np.array([True])))
 
 
-def test_split_micro_batches_preserves_rows_and_masks():
-  dataset = _dataset()
-  selection = BatchSelection(indices=np.array([5, 4, 3, 2, 1, 0]),
-                             mask=np.array([1, 1, 1, 1, 1, 0], bool))
-  batch = batching.gather(dataset, selection)
-  pieces = batching.split_micro_batches(batch, selection.mask, micro_batch_size=2)
-  assert len(pieces) == 3
-  np.testing.assert_array_equal(
-      np.concatenate([p["labels"] for p, _ in pieces]), batch["labels"])
-  np.testing.assert_array_equal(np.concatenate([m for _, m in pieces]),
-                                selection.mask)
-  with pytest.raises(ValueError, match="pad_multiple=4"):
-    batching.split_micro_batches(batch, selection.mask, micro_batch_size=4)
-
-
 def test_to_devices_on_one_device():
   mesh = Mesh(np.array(jax.devices()[:1]), ("batch",))
   sharding = batching.batch_sharding(mesh)

@@ -23,8 +23,8 @@ import numpy as np
 import optax
 
 from dpeq import models
-from dpeq.privacy import clipping
 from dpeq.privacy.ghost_clipping import ghost_gradients
+from dpeq.xla import conv_weight_grads
 
 # name -> (model kwargs, image side, channels): small layouts and 16x16
 # images (8x8 for the WRNs), about the smallest each takes; same layers.
@@ -93,7 +93,11 @@ def _check(case, num_views):
   loss_fn, params, batch, mask = _setup(case, num_views)
   routes = (None, "ghost", "instantiate") if case in FORCED_ROUTES else (
       None,)
-  strategies = [clipping.vmap_gradients] + [
+  # The reference: vmap as the runner runs it on CPU (dpeq.xla's per-tap
+  # conv weight gradients). Plain vmap is not usable here: XLA:CPU's
+  # float64 grouped convolutions (vmapped conv weight gradients) spread a
+  # non-finite example to every example of the batch.
+  strategies = [conv_weight_grads.vmap_gradients] + [
       functools.partial(ghost_gradients, route=r) for r in routes]
 
   @jax.jit

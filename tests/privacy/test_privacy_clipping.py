@@ -12,6 +12,9 @@ import pytest
 
 from dpeq.privacy import clipping
 from dpeq.privacy.ghost_clipping import ghost_gradients
+from dpeq.privacy.sampling import BatchSelection
+from dpeq.training.micro_batching import MicroBatching
+from dpeq.xla import conv_weight_grads
 
 NUM_CLASSES = 3
 BATCH = 14  # Divisible by 1, 2 and 7 micro-batches.
@@ -54,10 +57,26 @@ def _batch(num_views, seed=0):
 # compilation (eager calls would compile op by op, ~6 s per shape).
 _clipped = jax.jit(
     functools.partial(clipping.clipped_grad_sum, _loss_fn),
-    static_argnames=("l2_clip_norm", "micro_batch_size", "rescale_to_unit_norm",
+    static_argnames=("l2_clip_norm", "rescale_to_unit_norm",
                      "per_example_gradients"))
+
+
+def _micro_batched(clip_fn, batch, mask, num_micro_batches):
+  """The logical batch through dpeq's one micro-batching path."""
+  selection = BatchSelection(indices=np.arange(BATCH), mask=np.asarray(mask))
+  batching = MicroBatching(micro_batch_size=BATCH // num_micro_batches)
+
+  def micro_step(index, part):
+    del index
+    rows = jax.tree.map(lambda x: x[part.indices], batch)
+    return clip_fn(rows, jnp.asarray(part.mask))
+
+  return batching.accumulate(selection, micro_step=micro_step,
+                             merge=lambda a, b: a.merge(b))
 # Both per-example-gradient strategies meet the same naive loop.
-STRATEGIES = {"vmap": clipping.vmap_gradients, "ghost": ghost_gradients}
+# The runner's CPU path (dpeq.xla: per-tap conv weight gradients) too.
+STRATEGIES = {"vmap": clipping.vmap_gradients, "ghost": ghost_gradients,
+              "vmap_xla": conv_weight_grads.vmap_gradients}
 
 _single_grad = jax.jit(jax.grad(lambda p, v: jnp.mean(_loss_fn(p, v)[0])))
 
@@ -95,6 +114,7 @@ def _assert_tree_close(actual, expected, rtol=1e-5, atol=1e-7):
     (True, 4, 1, "vmap"), (True, 4, 2, "vmap"), (True, 4, 7, "vmap"),
     (False, 1, 2, "vmap"), (False, 4, 1, "vmap"),
     (True, 1, 1, "ghost"), (True, 4, 2, "ghost"), (True, 4, 7, "ghost"),
+    (True, 1, 1, "vmap_xla"), (True, 4, 2, "vmap_xla"),
 ])
 def test_clipped_sum_equals_naive_loop(params, use_jit, num_views,
                                        num_micro_batches, strategy):
@@ -104,15 +124,12 @@ def test_clipped_sum_equals_naive_loop(params, use_jit, num_views,
   ordered = np.sort(norms[np.asarray(mask)])
   clip = float(ordered[len(ordered) // 2 - 1:len(ordered) // 2 + 1].mean())
   expected, norms = _naive(params, batch, mask, clip)
-  if use_jit:
-    result = _clipped(params, batch, mask, l2_clip_norm=clip,
-                      micro_batch_size=BATCH // num_micro_batches,
-                      per_example_gradients=STRATEGIES[strategy])
-  else:
-    result = clipping.clipped_grad_sum(
-        _loss_fn, params, batch, mask, l2_clip_norm=clip,
-        micro_batch_size=BATCH // num_micro_batches,
-        per_example_gradients=STRATEGIES[strategy])
+  clip_fn = _clipped if use_jit else functools.partial(
+      clipping.clipped_grad_sum, _loss_fn)
+  result = _micro_batched(
+      lambda b, m: clip_fn(params, b, m, l2_clip_norm=clip,
+                           per_example_gradients=STRATEGIES[strategy]),
+      batch, mask, num_micro_batches)
   _assert_tree_close(result.grad_sum, expected)
   np.testing.assert_allclose(result.per_example_norms, norms, rtol=1e-5)
   real = np.asarray(mask)
@@ -194,9 +211,11 @@ def test_bad_clip_norm_is_rejected(params, clip):
 
 def test_bad_shapes_and_micro_batch_are_rejected(params):
   batch, mask = _batch(1)
-  with pytest.raises(ValueError, match="divides"):
-    clipping.clipped_grad_sum(_loss_fn, params, batch, mask, l2_clip_norm=1.0,
-                              micro_batch_size=4)
+  selection = BatchSelection(indices=np.arange(BATCH), mask=np.asarray(mask))
+  with pytest.raises(ValueError, match="pad_multiple=4"):
+    list(MicroBatching(micro_batch_size=4).split(selection))
+  with pytest.raises(ValueError, match="pad_multiple=8"):
+    list(MicroBatching(micro_batch_size=4, num_devices=2).split(selection))
   with pytest.raises(ValueError, match=r"\[B, K"):
     clipping.clipped_grad_sum(_loss_fn, params, batch, mask[:5],
                               l2_clip_norm=1.0)

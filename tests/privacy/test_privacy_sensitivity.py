@@ -11,6 +11,7 @@ import pytest
 
 from dpeq.privacy import clipping
 from dpeq.privacy.ghost_clipping import ghost_gradients
+from dpeq.xla import conv_weight_grads
 
 CLIP = 0.3
 BATCH, VIEWS = 8, 2
@@ -37,7 +38,9 @@ _clipped = jax.jit(
     static_argnames=("l2_clip_norm", "rescale_to_unit_norm",
                      "per_example_gradients"))
 # Both per-example-gradient strategies: materialised (vmap) and ghost norms.
-STRATEGIES = {"vmap": clipping.vmap_gradients, "ghost": ghost_gradients}
+# The runner's CPU path (dpeq.xla: per-tap conv weight gradients) too.
+STRATEGIES = {"vmap": clipping.vmap_gradients, "ghost": ghost_gradients,
+              "vmap_xla": conv_weight_grads.vmap_gradients}
 
 
 @pytest.fixture(scope="module")

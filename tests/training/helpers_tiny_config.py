@@ -53,3 +53,14 @@ def get_config(arg: str = ""):
   c.logging.tensorboard = False
   c.logging.progress_bar = False
   return c
+
+
+def override(config, **fields):
+  """Sets fields named with "__" for "." (e.g. data__classes=(1, 2))."""
+  for name, value in fields.items():
+    *parents, leaf = name.split("__")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config

@@ -6,7 +6,10 @@ import numpy as np
 import optax
 import pytest
 
+from dpeq.privacy.plan import PrivacyPlan
+from dpeq.privacy.sampling import BatchSelection
 from dpeq.training import averaging, update
+from dpeq.training.micro_batching import MicroBatching
 
 
 def test_ema_and_polyak_match_a_naive_loop():
@@ -53,11 +56,11 @@ def test_averages_move_once_per_update_never_per_micro_batch():
     pred = views["x"] @ params["w"]
     return jnp.sum((pred - views["y"]) ** 2, axis=-1), ()
 
-  config = update.DpSgdConfig(l2_clip_norm=0.5, noise_multiplier=1.0,
-                              expected_batch_size=6, micro_batch_size=2,
-                              ema_decays=(0.99,), polyak=True)
+  plan = PrivacyPlan(l2_clip_norm=0.5, noise_multiplier=1.0,
+                     expected_batch_size=6, num_updates=3)
   private = update.make_private_update(loss_fn=loss_fn,
-                                       optimizer=optax.sgd(0.1), config=config)
+                                       optimizer=optax.sgd(0.1), plan=plan,
+                                       ema_decays=(0.99,), polyak=True)
   rng = np.random.default_rng(1)
   params = {"w": jnp.asarray(rng.normal(size=(4, 2)), jnp.float32)}
   batch = {"x": jnp.asarray(rng.normal(size=(6, 4)), jnp.float32),
@@ -65,10 +68,22 @@ def test_averages_move_once_per_update_never_per_micro_batch():
   mask = jnp.ones(6, bool)
   state = private.init(params, key=jax.random.key(0))
   averager = averaging.ParamAverager(ema_decays=(0.99,), polyak=True)
-  run = jax.jit(private.update)
+  clipped = jax.jit(lambda p, b, m: private.clipped_grads(
+      p, b, m, key=jax.random.key(0)).totals())
+  apply = jax.jit(private.apply)
+  selection = BatchSelection(indices=np.arange(6), mask=np.asarray(mask))
+
+  def run(state):  # The runner's path: 3 micro-batches, then one apply.
+    total = MicroBatching(micro_batch_size=2).accumulate(
+        selection, micro_step=lambda i, part: clipped(
+            state.params, jax.tree.map(lambda x: x[part.indices], batch),
+            jnp.asarray(part.mask)),
+        merge=lambda a, b: a.merge(b))
+    return apply(state, total)
+
   expected = averager.init(params)
   for t in range(3):  # Each update has 3 micro-batches.
-    state, metrics = run(state, batch, mask, key=jax.random.key(t))
+    state, metrics = run(state)
     expected = averager.update(expected, state.params, update_index=t)
     assert int(metrics["update_step"]) == t + 1
   assert int(state.update_step) == 3

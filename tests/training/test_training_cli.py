@@ -71,5 +71,5 @@ def test_required_overrides_reach_the_resolved_config(fashion_mnist_dir):
   resolved = config_lib.resolve(config, num_examples=1024)
   assert resolved.training.num_updates == 7
   # sigma was calibrated to the overridden budget: it spends (almost) 2.5.
-  assert config_lib.spent_epsilon(resolved, num_examples=1024) == (
+  assert config_lib.privacy_plan(resolved, num_examples=1024).epsilon() == (
       pytest.approx(2.5, rel=1e-3))

@@ -3,21 +3,15 @@
 import math
 
 import dp_accounting
+import helpers_tiny_config
 import pytest
 
 from dpeq.training import config as config_lib
 
 
 def _config(**overrides):
-  """base_config() with dotted-name overrides."""
-  config = config_lib.base_config()
-  for name, value in overrides.items():
-    *parents, leaf = name.split("__")
-    node = config
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
-  return config
+  """base_config() with overrides named with "__" for "."."""
+  return helpers_tiny_config.override(config_lib.base_config(), **overrides)
 
 
 def _rdp_epsilon(*, sigma, q, steps, delta):
@@ -103,6 +97,17 @@ MALFORMED = [
      "config.training.expected_batch_size=0: must be a positive integer"),
     (dict(distributed__num_processes=2), "config.distributed.coordinator"),
     (dict(distributed__process_id=3), "config.distributed.process_id=3"),
+    # Checked once, by the privacy plan, in config terms.
+    (dict(dp__l2_clip_norm=float("inf")),
+     "config.dp.l2_clip_norm=inf: must be a finite number > 0"),
+    (dict(dp__noise_multiplier=float("inf")),
+     "config.dp.noise_multiplier=inf"),
+    (dict(dp__noise_multiplier=0.0), "or set dp.non_private=True"),
+    (dict(data__classes=(5, 5)), "config.data.classes=(5, 5)"),
+    (dict(finetune__trainable="head"), "config.finetune.trainable='head'"),
+    (dict(finetune__trainable="classifier",
+          training__per_example_grads="ghost"),
+     "must be 'vmap' with finetune.trainable='classifier'"),
 ]
 
 
@@ -167,7 +172,7 @@ def test_resolve_calibrates_sigma_to_the_target_epsilon():
   # Smallest such sigma: 2% less noise overshoots the target.
   assert _rdp_epsilon(sigma=0.98 * sigma, q=256 / 6000, steps=50,
                       delta=1e-5) > 2.0
-  assert config_lib.spent_epsilon(resolved, num_examples=6000) == (
+  assert config_lib.privacy_plan(resolved, num_examples=6000).epsilon() == (
       pytest.approx(eps, rel=1e-3))
 
 
@@ -216,7 +221,7 @@ def test_resolve_rejects_explicit_settings_over_budget():
     config_lib.resolve(config, num_examples=6000)
   config.dp.target_epsilon = None  # accept whatever it spends
   resolved = config_lib.resolve(config, num_examples=6000)
-  assert config_lib.spent_epsilon(resolved, num_examples=6000) > 1.0
+  assert config_lib.privacy_plan(resolved, num_examples=6000).epsilon() > 1.0
 
 
 def test_non_private_run_has_zero_noise_and_infinite_epsilon():
@@ -225,7 +230,7 @@ def test_non_private_run_has_zero_noise_and_infinite_epsilon():
   resolved = config_lib.resolve(config, num_examples=6000)
   assert resolved.dp.noise_multiplier == 0.0
   assert resolved.training.num_updates == 7
-  assert math.isinf(config_lib.spent_epsilon(resolved, num_examples=6000))
+  assert math.isinf(config_lib.privacy_plan(resolved, num_examples=6000).epsilon())
 
 
 def test_optional_fields_keep_their_type_for_command_line_overrides():

@@ -182,8 +182,8 @@ def test_noise_and_batches_are_secret_and_differ_between_identical_configs(
     loop.train(config, workdir=run)
   assert _noise_key_words(again) != _noise_key_words(workdir)
   assert _secret_words(again) != _secret_words(workdir)
-  first_batches = [config_lib.make_sampler(
-      config, num_examples=NUM_EXAMPLES,
+  first_batches = [config_lib.privacy_plan(
+      config, num_examples=NUM_EXAMPLES).sampler(
       seed=randomness.RunRandomness.from_words(
           _secret_words(w), is_reproducible=False).sampler_seed()).batch(0)
                    for w in (workdir, again)]

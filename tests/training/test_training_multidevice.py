@@ -15,6 +15,7 @@ _SCRIPT = textwrap.dedent('''
     import optax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+    from dpeq.privacy.plan import PrivacyPlan
     from dpeq.training import update
 
     assert len(jax.devices()) == 8, jax.devices()
@@ -37,11 +38,11 @@ _SCRIPT = textwrap.dedent('''
       return {"images": jnp.stack([images, noisy], axis=1),
               "labels": jnp.repeat(batch["labels"][:, None], 2, axis=1)}
 
-    config = update.DpSgdConfig(l2_clip_norm=0.5, noise_multiplier=1.0,
-                                expected_batch_size=14, ema_decays=(0.9,))
+    plan = PrivacyPlan(l2_clip_norm=0.5, noise_multiplier=1.0,
+                       expected_batch_size=14, num_updates=1)
     private = update.make_private_update(
         loss_fn=loss_fn, optimizer=optax.sgd(0.5, momentum=0.9),
-        config=config, views_fn=views_fn)
+        plan=plan, ema_decays=(0.9,), views_fn=views_fn)
     rng = np.random.default_rng(0)
     params = model.init(jax.random.key(0), jnp.zeros((1, 6, 6, 2)))
     batch = {"images": jnp.asarray(rng.normal(size=(16, 6, 6, 2))

@@ -8,6 +8,7 @@ import pytest
 from dpeq import models
 from dpeq.privacy import clipping, ghost_clipping
 from dpeq.training import per_example_grads
+from dpeq.xla import conv_weight_grads
 
 
 def _loss_and_params(name, shape, **kwargs):
@@ -29,7 +30,8 @@ def _views(batch, num_views, shape):
 
 
 def test_names_map_to_strategies_and_bad_names_are_refused():
-  assert per_example_grads.strategy("vmap") is clipping.vmap_gradients
+  # vmap: the runner's (dpeq.xla: per-tap conv weight gradients on CPU).
+  assert per_example_grads.strategy("vmap") is conv_weight_grads.vmap_gradients
   assert per_example_grads.strategy("ghost") is ghost_clipping.ghost_gradients
   with pytest.raises(ValueError, match="vmap, ghost, auto"):
     per_example_grads.strategy("fast")

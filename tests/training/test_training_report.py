@@ -23,7 +23,10 @@ def _write_run(workdir, *, sparsity=True):
              "noise_tail_delta": 5e-6, "num_updates": 40,
              "noise_multiplier": 1.25, "sampling": "PoissonSampler",
              "sampling_rate": 256 / 60000, "num_examples": 60000,
-             "neighboring_relation": "add_or_remove_one", "accountant": "pld"}
+             "neighboring_relation": "add_or_remove_one", "accountant": "pld",
+             # The plan's numbers (dpeq.privacy.plan.PrivacyPlan.to_dict).
+             "l2_clip_norm": 1.0, "sensitivity": 1.0, "noise_std": 1.25,
+             "noise_std_of_mean": 1.25 / 256}
   (workdir / "privacy.json").write_text(json.dumps(privacy))
   rng = np.random.default_rng(0)
   with run_logging.MetricsWriter(workdir, tensorboard=False) as writer:
@@ -67,8 +70,9 @@ def test_full_report_has_privacy_metrics_and_readable_plots(tmp_path):
   assert "| train_accuracy |" in diagnostics
   assert "train_accuracy" not in private.split("Last training")[1]
   assert "| target epsilon | 3 |" in text
-  # sigma * C / B = 1.25 * 1 / 256.
+  # sigma * C / B = 1.25 * 1 / 256, read from privacy.json.
   assert f"| {1.25 / 256:.4g} |" in text
+  assert "| sensitivity of the clipped sum (C, or 1 rescaled) | 1 |" in text
   # Final metrics: one row per params set at the last evaluation step, and the
   # repeated (resumed) record of "last" replaced the earlier one.
   assert "| `last` | 40 | 61.25% | 97.00% | 1.1 | 0.52 | 0.031 |" in text

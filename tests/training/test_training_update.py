@@ -8,7 +8,11 @@ import optax
 import pytest
 from scipy import stats
 
+from dpeq.models import finetune
+from dpeq.privacy.plan import PrivacyPlan
+from dpeq.privacy.sampling import BatchSelection
 from dpeq.training import update
+from dpeq.training.micro_batching import MicroBatching
 
 BATCH, EXPECTED, CLIP, LR = 8, 6, 2.0, 0.5
 
@@ -64,30 +68,44 @@ def _naive_clipped_sum(params, views, mask, clip):
   return total, num_clipped
 
 
-def _make(noise_multiplier, *, non_private=False, micro=None, views_fn=None,
-          rescale=False):
-  config = update.DpSgdConfig(
-      l2_clip_norm=CLIP, noise_multiplier=noise_multiplier,
-      expected_batch_size=EXPECTED, micro_batch_size=micro,
-      non_private=non_private, rescale_to_unit_norm=rescale)
-  return update.make_private_update(loss_fn=_loss_fn,
-                                    optimizer=optax.sgd(LR), config=config,
-                                    views_fn=views_fn)
+def _plan(noise_multiplier, *, non_private=False, rescale=False):
+  return PrivacyPlan(l2_clip_norm=CLIP, noise_multiplier=noise_multiplier,
+                     expected_batch_size=EXPECTED, num_updates=1,
+                     non_private=non_private, rescale_to_unit_norm=rescale)
 
 
-@pytest.fixture(scope="module")
-def noiseless():
-  """A non-private update (views, 2 micro-batches) and its jitted functions."""
-  private = _make(0.0, non_private=True, micro=4, views_fn=_views_fn)
-  return private, jax.jit(private.update)
+def _make(noise_multiplier, *, non_private=False, views_fn=None,
+          rescale=False, **kwargs):
+  return update.make_private_update(
+      loss_fn=_loss_fn, optimizer=optax.sgd(LR),
+      plan=_plan(noise_multiplier, non_private=non_private, rescale=rescale),
+      views_fn=views_fn, **kwargs)
 
 
-def test_noiseless_update_is_sgd_on_the_clipped_mean(data, noiseless):
+def _micro_batched_update(private, state, batch, mask, *, key, micro):
+  """One logical batch through the runner's micro-batching path: micro-batch
+  i augmented with fold_in(key, i), merged, then ONE apply."""
+  clipped = jax.jit(lambda p, b, m, k: private.clipped_grads(p, b, m, key=k))
+  selection = BatchSelection(indices=np.arange(BATCH), mask=np.asarray(mask))
+
+  def micro_step(index, part):
+    rows = jax.tree.map(lambda x: x[part.indices], batch)
+    return clipped(state.params, rows, jnp.asarray(part.mask),
+                   jax.random.fold_in(key, index))
+
+  total = MicroBatching(micro_batch_size=micro).accumulate(
+      selection, micro_step=micro_step, merge=lambda a, b: a.merge(b))
+  assert total.aux["loss"].shape == (BATCH,)
+  return jax.jit(private.apply)(state, total.totals())
+
+
+def test_noiseless_update_is_sgd_on_the_clipped_mean(data):
   params, batch, mask = data
-  private, update_fn = noiseless
+  private = _make(0.0, non_private=True, views_fn=_views_fn)
   state = private.init(params, key=jax.random.key(1))
   key = jax.random.key(2)
-  new_state, metrics = update_fn(state, batch, mask, key=key)
+  new_state, metrics = _micro_batched_update(private, state, batch, mask,
+                                             key=key, micro=4)
   # Micro-batch i is augmented with fold_in(key, i).
   views = [_views_fn(jax.random.fold_in(key, i),
                      jax.tree.map(lambda x, s=4 * i: x[s:s + 4], batch))
@@ -108,22 +126,15 @@ def test_noiseless_update_is_sgd_on_the_clipped_mean(data, noiseless):
   assert int(new_state.privatizer_state.update_step) == 1
 
 
-def test_update_equals_the_runner_loop_of_clipped_grads_and_apply(
-    data, noiseless):
+@pytest.mark.parametrize("micro", [1, 2, 4])
+def test_micro_batching_does_not_change_the_update(data, micro):
   params, batch, mask = data
-  private, update_fn = noiseless
+  private = _make(0.0, non_private=True)  # K = 1, no augmentation.
   state = private.init(params, key=jax.random.key(5))
   key = jax.random.key(6)
-  whole, whole_metrics = update_fn(state, batch, mask, key=key)
-  clipped_grads = jax.jit(private.clipped_grads)
-  total = None
-  for i in range(2):
-    part = clipped_grads(state.params,
-                         jax.tree.map(lambda x, s=4 * i: x[s:s + 4], batch),
-                         mask[4 * i:4 * i + 4], key=jax.random.fold_in(key, i))
-    total = part if total is None else total.merge(part)
-  assert total.aux["loss"].shape == (BATCH,)
-  looped, metrics = jax.jit(private.apply)(state, total.totals())
+  whole, whole_metrics = jax.jit(private.update)(state, batch, mask, key=key)
+  looped, metrics = _micro_batched_update(private, state, batch, mask,
+                                          key=key, micro=micro)
   for a, b in zip(jax.tree.leaves((whole.params, whole.opt_state)),
                   jax.tree.leaves((looped.params, looped.opt_state)),
                   strict=True):
@@ -140,10 +151,8 @@ def test_noise_has_the_calibrated_scale_and_depends_only_on_the_key(data):
   wide = dict(params, extra={"w": jnp.zeros(20_000)})
   loss = lambda p, v: (_loss_fn(p, v)[0] + 0.0 * jnp.sum(p["extra"]["w"]),
                        ())
-  config = update.DpSgdConfig(l2_clip_norm=CLIP, noise_multiplier=sigma,
-                              expected_batch_size=EXPECTED)
   private = update.make_private_update(loss_fn=loss, optimizer=optax.sgd(LR),
-                                       config=config)
+                                       plan=_plan(sigma))
   run = jax.jit(private.update)
 
   def new_params(noise_key):
@@ -182,37 +191,64 @@ def test_rescale_to_unit_norm_uses_sensitivity_one(data):
     other.apply(other.init(params, key=jax.random.key(0)), clipped)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(l2_clip_norm=0.0), "l2_clip_norm"),
-    (dict(l2_clip_norm=-1.0), "l2_clip_norm"),
-    (dict(noise_multiplier=0.0), "non_private=True"),
-    (dict(noise_multiplier=1.0, non_private=True), "set it to 0"),
-    (dict(expected_batch_size=0), "expected_batch_size"),
-    (dict(micro_batch_size=0), "micro_batch_size"),
-    (dict(ema_decays=(1.0,)), "EMA decay"),
-])
-def test_bad_configs_are_rejected(kwargs, match):
-  args = dict(l2_clip_norm=1.0, noise_multiplier=1.0, expected_batch_size=8)
-  args.update(kwargs)
-  with pytest.raises(ValueError, match=match):
-    update.DpSgdConfig(**args)
+def test_bad_averages_and_uncalibrated_plans_are_rejected():
+  with pytest.raises(ValueError, match="EMA decay"):
+    _make(1.0, ema_decays=(1.0,))
+  uncalibrated = PrivacyPlan(l2_clip_norm=1.0, expected_batch_size=8,
+                             target_epsilon=1.0, num_updates=10)
+  with pytest.raises(ValueError, match="calibrated"):
+    update.make_private_update(loss_fn=_loss_fn, optimizer=optax.sgd(LR),
+                               plan=uncalibrated)
 
 
-def test_micro_batch_must_divide_the_padded_batch(data):
+def test_fine_tuning_clips_noises_and_moves_only_the_trainable_leaves(data):
+  """partition: the classifier trains; the conv stays bit-identical, in the
+  params and in every average; the noise dimension is the classifier's."""
   params, batch, mask = data
-  private = _make(1.0, micro=3)
+  # Rename the head so that finetune.split_trainable finds it.
+  params = {("classifier" if name == "linear" else name): value
+            for name, value in params.items()}
+  model = hk.without_apply_rng(hk.transform(lambda x: hk.Linear(
+      3, name="classifier")(jnp.mean(jax.nn.relu(hk.Conv2D(3, 3, stride=2)(
+          x)), axis=(-3, -2)))))
+  assert set(params) == set(jax.jit(model.init)(
+      jax.random.key(0), jnp.zeros((1, 6, 6, 2))))
+
+  def loss_fn(p, views):
+    logits = model.apply(p, views["images"])
+    return optax.softmax_cross_entropy_with_integer_labels(
+        logits, views["labels"]), {}
+
+  partition = lambda p: finetune.split_trainable(p, trainable="classifier")
+  private = update.make_private_update(
+      loss_fn=loss_fn, optimizer=optax.sgd(LR), plan=_plan(3.0),
+      ema_decays=(0.9,), polyak=True, partition=partition)
   state = private.init(params, key=jax.random.key(0))
-  with pytest.raises(ValueError, match="pad_multiple"):
-    private.update(state, batch, mask, key=jax.random.key(0))
+  # The optimizer and the noise see the classifier only.
+  assert jax.tree.structure(state.opt_state) == jax.tree.structure(
+      optax.sgd(LR).init(partition(params)[0]))
+  step = jax.jit(private.update)
+  for i in range(3):
+    state, _ = step(state, batch, mask, key=jax.random.key(i))
+  for tree in (state.params, *state.averages.values()):
+    np.testing.assert_array_equal(tree["conv2_d"]["w"], params["conv2_d"]["w"])
+    np.testing.assert_array_equal(tree["conv2_d"]["b"], params["conv2_d"]["b"])
+    assert not np.allclose(tree["classifier"]["w"], params["classifier"]["w"])
+  # The clipped norm is that of the classifier's gradient alone.
+  clipped = private.clipped_grads(params, batch, mask, key=jax.random.key(0))
+  assert set(clipped.grad_sum) == {"classifier"}
+  head_grad = jax.grad(lambda w, i: jnp.mean(loss_fn(
+      {**params, "classifier": w},
+      jax.tree.map(lambda x: x[i][None], batch))[0]))
+  norm = optax.tree.norm(head_grad(params["classifier"], 0))
+  np.testing.assert_allclose(clipped.per_example_norms[0], norm, rtol=1e-5)
 
 
 def test_noisy_grad_metrics_see_the_mean_the_optimizer_gets(data):
   """apply's own noise-side metrics: no caller rebuilds the privatizer."""
   params, batch, mask = data
-  config = update.DpSgdConfig(l2_clip_norm=CLIP, noise_multiplier=1.0,
-                              expected_batch_size=EXPECTED)
   private = update.make_private_update(
-      loss_fn=_loss_fn, optimizer=optax.sgd(LR), config=config,
+      loss_fn=_loss_fn, optimizer=optax.sgd(LR), plan=_plan(1.0),
       noisy_grad_metrics=lambda g: {"first_leaf": jax.tree.leaves(g)[0]})
   state = private.init(params, key=jax.random.key(1))
   new_state, metrics = jax.jit(private.update)(state, batch, mask,

@@ -15,6 +15,12 @@ no dilation, any strides, padding, layout, 1-3 spatial dims) replaced by a
 `jax.custom_vjp` convolution; jitted sub-functions are entered, other
 higher-order primitives (scan, cond, custom derivatives, remat) are kept as
 they are. Nothing changes numerically beyond float32 summation order.
+
+It reads jax internals (jaxpr equations, primitive parameters), so it is
+used only with the jax versions it was tested with (`TESTED_JAX_VERSIONS`):
+`vmap_gradients` is dpeq.privacy.clipping.vmap_gradients with the rewrite on
+XLA:CPU under a tested jax, and plain vmap_gradients everywhere else. The
+runner picks it (dpeq.training.per_example_grads).
 """
 
 import itertools
@@ -25,6 +31,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.extend import core as jex
+
+from dpeq.privacy import clipping
+
+# (major, minor) versions of jax this rewrite was tested with (the suite's
+# tests/xla run it against plain autodiff); others fall back to plain vmap.
+TESTED_JAX_VERSIONS = ((0, 10),)
 
 _CONV = jex.primitives.conv_general_dilated_p
 _JIT = jex.primitives.jit_p
@@ -136,3 +148,18 @@ def _tap_weight_grad(x, out_grad, kernel_shape, dtype, params):
   for axis, dim in enumerate(rhs_spec[2:]):
     permutation[dim] = axis
   return jnp.transpose(grad, permutation).astype(dtype)
+
+
+def is_available(backend: str | None = None) -> bool:
+  """Whether the rewrite is used: XLA:CPU and a tested jax version."""
+  backend = jax.default_backend() if backend is None else backend
+  return (backend == "cpu"
+          and tuple(jax.__version_info__[:2]) in TESTED_JAX_VERSIONS)
+
+
+def vmap_gradients(loss_fn, params, batch) -> clipping.PerExampleGradients:
+  """dpeq.privacy.clipping.vmap_gradients, with per-tap conv weight
+  gradients where `is_available()` (same values; a GradientStrategy)."""
+  if is_available():
+    loss_fn = with_tap_weight_grads(loss_fn)
+  return clipping.vmap_gradients(loss_fn, params, batch)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from dpeq.privacy import conv_weight_grads
+from dpeq.xla import conv_weight_grads
 
 # (input shape, kernel shape, strides, padding, dimension numbers, groups)
 CASES = {
@@ -77,3 +77,18 @@ def test_plain_convolutions_are_replaced_and_grouped_ones_kept():
 
   assert dot_products("nhwc_same") == 9  # One per tap of the 3x3 kernel.
   assert dot_products("grouped_kept") == 0  # JAX's own weight gradient.
+
+
+def test_the_rewrite_is_used_only_where_it_was_tested(monkeypatch):
+  assert conv_weight_grads.is_available("cpu") == (
+      tuple(jax.__version_info__[:2]) in conv_weight_grads.TESTED_JAX_VERSIONS)
+  assert not conv_weight_grads.is_available("gpu")
+  # An untested jax: plain vmap_gradients (the rewrite is never entered).
+  monkeypatch.setattr(conv_weight_grads, "TESTED_JAX_VERSIONS", ())
+  monkeypatch.setattr(conv_weight_grads, "with_tap_weight_grads",
+                      lambda fn: pytest.fail("rewrite used on untested jax"))
+  params = {"w": jnp.ones((2, 3))}
+  batch = {"x": jnp.ones((4, 1, 3))}
+  loss = lambda p, v: (jnp.sum(v["x"] @ p["w"].T, axis=-1), ())
+  result = conv_weight_grads.vmap_gradients(loss, params, batch)
+  np.testing.assert_allclose(result.norms, np.full(4, np.sqrt(6.0)))
