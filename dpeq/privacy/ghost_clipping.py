@@ -15,6 +15,16 @@ gradients WITHOUT materialising per-example gradients of the whole model:
      g_i (the layer's weight gradient with output gradient w_i g_i), reusing
      the x and g of step 1 (book-keeping): no second backward pass.
 
+`two_pass=True` trades time for memory (Bu et al.'s original ghost
+clipping): step 1 differentiates with respect to a zero per-example "sink"
+per layer whose cotangent is set, inside the backward pass, to that layer's
+squared norm (a jax.custom_vjp on the layer output), so each layer's (x, g)
+is used and freed as the backward pass goes, as in a non-private backward
+pass; the clipped sum is then a second, ordinary backward pass of
+sum_i w_i loss_i (rows of weight 0 replaced by zeros first, so that they add
+exactly 0 even when non-finite). Book-keeping keeps every layer's x and g
+alive until step 3.
+
 Layers are found with `hk.intercept_methods`, so any model built from the
 supported modules works unchanged. Parameters are checked, not assumed: every
 module in `params` must be a supported layer called exactly once per
@@ -53,9 +63,11 @@ class LayerTap:
 class _Recorder:
   """Intercepts the parameterised layers of one traced forward pass."""
 
-  def __init__(self, params: Mapping[str, Any], probes, route: str | None):
+  def __init__(self, params: Mapping[str, Any], probes, route: str | None,
+               sinks=None):
     self.params = params
     self.probes = probes
+    self.sinks = sinks
     self.route = route
     self.taps: dict[str, LayerTap] = {}
     self.inputs: dict[str, jax.Array] = {}
@@ -120,6 +132,8 @@ class _Recorder:
                                tuple(x.shape), tuple(y.shape), y.dtype)
     if self.probes is not None:
       y = y + self.probes[name].astype(y.dtype)
+    if self.sinks is not None:
+      y = _norm_sink(rule)(p, x, y, self.sinks[name])
     return y
 
   def _identity_affine_output(self, rule, name, next_f, args, kwargs):
@@ -134,12 +148,34 @@ class _Recorder:
       return next_f(*args, **kwargs)
 
 
-def _tapped_forward(loss_fn, params, batch, probes, route):
-  """Per-example mean losses [B], aux and layer inputs, with the taps."""
+def _norm_sink(rule):
+  """y -> y whose backward pass also sets the cotangent of `sink` (one
+  example's zero scalar) to the layer's squared gradient norm from (x, g)."""
+
+  @jax.custom_vjp
+  def sink_fn(p, x, y, sink):
+    del p, x, sink
+    return y
+
+  def fwd(p, x, y, sink):
+    return y, (p, x, sink)
+
+  def bwd(residuals, g):
+    p, x, sink = residuals
+    sq_norm = rule.sq_norms(p, x[None], g[None])[0].astype(sink.dtype)
+    return (jax.tree.map(jnp.zeros_like, p), jnp.zeros_like(x), g, sq_norm)
+
+  sink_fn.defvjp(fwd, bwd)
+  return sink_fn
+
+
+def _tapped_forward(loss_fn, params, batch, probes, route, sinks=None):
+  """Per-example mean losses [B], aux and layer inputs (none with sinks),
+  with the taps."""
   recorders = []
 
-  def one(views, probe):
-    recorder = _Recorder(params, probe, route)
+  def one(views, probe, sink):
+    recorder = _Recorder(params, probe, route, sink)
     recorders.append(recorder)
     with hk.intercept_methods(recorder.intercept):
       losses, aux = loss_fn(params, views)
@@ -147,9 +183,10 @@ def _tapped_forward(loss_fn, params, batch, probes, route):
       raise ValueError(
           "loss_fn(params, views) must return (losses [K], aux) for one "
           f"example; got losses of shape {jnp.shape(losses)}.")
-    return jnp.mean(losses), (aux, recorder.inputs)
+    return jnp.mean(losses), (aux, {} if sink is not None
+                              else recorder.inputs)
 
-  out = jax.vmap(one)(batch, probes)
+  out = jax.vmap(one)(batch, probes, sinks)
   return out, recorders[-1].taps
 
 
@@ -189,7 +226,8 @@ def _check_params(params):
 
 def ghost_gradients(loss_fn: clipping.LossFn, params: PyTree, batch: PyTree,
                     *, route: str | None = None,
-                    taps: Mapping[str, LayerTap] | None = None
+                    taps: Mapping[str, LayerTap] | None = None,
+                    two_pass: bool = False
                     ) -> clipping.PerExampleGradients:
   """Norms and weighted sum by mixed ghost clipping (see the module doc).
 
@@ -203,12 +241,17 @@ def ghost_gradients(loss_fn: clipping.LossFn, params: PyTree, batch: PyTree,
       "ghost" / "instantiate" where a layer allows it.
     taps: `find_taps(loss_fn, params, batch, route=route)` when the caller
       has traced it already (None: traced here).
+    two_pass: norms by per-layer sinks in one backward pass, then the
+      weighted sum by a second backward pass (less memory, more time; see
+      the module doc); False: book-keeping.
 
   Returns:
     clipping.PerExampleGradients with exact norms and the weighted sum.
   """
   if taps is None:
     taps = find_taps(loss_fn, params, batch, route=route)
+  if two_pass:
+    return _two_pass(loss_fn, params, batch, taps, route)
   batch_size = jax.tree.leaves(batch)[0].shape[0]
   probes = {name: jnp.zeros((batch_size,) + tap.output_shape, tap.dtype)
             for name, tap in taps.items()}
@@ -228,6 +271,40 @@ def ghost_gradients(loss_fn: clipping.LossFn, params: PyTree, batch: PyTree,
     return {name: taps[name].rule.weighted_grad(
         params[name], inputs[name], output_grads[name], weights)
             for name in params}
+
+  return clipping.PerExampleGradients(norms=norms, aux=aux,
+                                      weighted_sum=weighted_sum)
+
+
+def _two_pass(loss_fn, params, batch, taps, route):
+  """Norms from per-layer sinks; the weighted sum by a second backward."""
+  batch_size = jax.tree.leaves(batch)[0].shape[0]
+  sinks = {name: jnp.zeros((batch_size,), tap.dtype)
+           for name, tap in taps.items()}
+
+  def total(s):
+    (losses, (aux, _)), _ = _tapped_forward(loss_fn, params, batch, None,
+                                            route, sinks=s)
+    return jnp.sum(losses), aux
+
+  squares, aux = jax.grad(total, has_aux=True)(sinks)
+  norms = jnp.sqrt(sum(squares[name] for name in taps))
+
+  def weighted_sum(weights):
+    keep = weights != 0
+    # Dropped rows become zeros: finite, and weight 0 makes them add 0.
+    clean = jax.tree.map(
+        lambda v: jnp.where(keep.reshape((-1,) + (1,) * (v.ndim - 1)), v,
+                            jnp.zeros((), v.dtype)), batch)
+
+    def weighted_loss(p):
+      def one(views):
+        return jnp.mean(loss_fn(p, views)[0])
+      losses = jax.vmap(one)(clean)
+      return jnp.sum(jnp.where(keep, weights.astype(losses.dtype) * losses,
+                               jnp.zeros((), losses.dtype)))
+
+    return jax.grad(weighted_loss)(params)
 
   return clipping.PerExampleGradients(norms=norms, aux=aux,
                                       weighted_sum=weighted_sum)

@@ -74,8 +74,10 @@ def base_config() -> ConfigDict:
   c.training.num_updates = _optional(int, 500)  # T updates; None: calibrate
   c.training.augmult = 1  # K augmented views per example
   # How per-example norms and the clipped sum are computed: "vmap" |
-  # "ghost" (Bu et al.'s mixed ghost clipping) | "auto" (dpeq.privacy.ghost_clipping.
-  # selection). Speed and memory only: the guarantee is the same.
+  # "ghost" (Bu et al.'s mixed ghost clipping, book-keeping) |
+  # "ghost_two_pass" (the same, least memory, two backward passes) | "auto"
+  # (dpeq.training.per_example_grads). Speed and memory only: the guarantee
+  # is the same.
   c.training.per_example_grads = "vmap"
   c.training.optimizer = ConfigDict()
   c.training.optimizer.name = "sgd"

@@ -1,4 +1,5 @@
-"""The per-example-gradient strategy of a run: "vmap", "ghost" or "auto".
+"""The per-example-gradient strategy of a run: "vmap", "ghost",
+"ghost_two_pass" or "auto".
 
 A performance setting, not a privacy one: every strategy gives the same
 per-example norms and the same clipped sum (tests/privacy/
@@ -8,9 +9,12 @@ test_privacy_ghost_clipping.py), so the guarantee does not depend on it.
          materialised; any model. The runner takes it from dpeq.xla
          (per-tap conv weight gradients on XLA:CPU under a tested jax,
          plain vmap elsewhere: same values).
-  ghost  dpeq.privacy.ghost_clipping.ghost_gradients: mixed ghost clipping;
-         models built from the supported layers
+  ghost  dpeq.privacy.ghost_clipping.ghost_gradients: mixed ghost clipping
+         with book-keeping; models built from the supported layers
          (dpeq.privacy.ghost_layers.supported_layers()).
+  ghost_two_pass  the same norms from per-layer sinks in one backward
+         pass, then the clipped sum by a second backward pass: the least
+         memory (no per-example gradients, no layer kept past its use).
   auto   per traced shape: vmap when the model has a layer ghost clipping
          does not support, otherwise `prefer_ghost` (the rule measured with
          `make bench`, see its docstring): today ghost only for the small
@@ -19,6 +23,8 @@ test_privacy_ghost_clipping.py), so the guarantee does not depend on it.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 from absl import logging
@@ -26,7 +32,7 @@ from absl import logging
 from dpeq.privacy import clipping, ghost_clipping, ghost_layers
 from dpeq.xla import conv_weight_grads
 
-STRATEGIES = ("vmap", "ghost", "auto")
+STRATEGIES = ("vmap", "ghost", "ghost_two_pass", "auto")
 
 
 def prefer_ghost(taps, *, num_views: int, backend: str) -> bool:
@@ -71,16 +77,19 @@ def auto_gradients(loss_fn, params, batch) -> clipping.PerExampleGradients:
 
 
 def strategy(name: str) -> clipping.GradientStrategy:
-  """The GradientStrategy for a config name ("vmap", "ghost" or "auto")."""
+  """The GradientStrategy for a config name (one of STRATEGIES)."""
   if name not in STRATEGIES:
     raise ValueError(
         f"per_example_grads={name!r}: use one of {', '.join(STRATEGIES)}.")
   return {"vmap": conv_weight_grads.vmap_gradients,
           "ghost": ghost_clipping.ghost_gradients,
+          "ghost_two_pass": functools.partial(ghost_clipping.ghost_gradients,
+                                              two_pass=True),
           "auto": auto_gradients}[name]
 
 
 def check_supported(name: str, loss_fn, params, batch) -> None:
-  """Raises UnsupportedLayerError early when "ghost" cannot run the model."""
-  if name == "ghost":
+  """Raises UnsupportedLayerError early when ghost clipping cannot run the
+  model."""
+  if name in ("ghost", "ghost_two_pass"):
     ghost_clipping.find_taps(loss_fn, params, batch)

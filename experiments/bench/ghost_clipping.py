@@ -5,7 +5,8 @@
   python -m experiments.bench.ghost_clipping --part speed --batch_size 128
 
 memory  XLA's memory plan (arguments + outputs + temporaries) of the whole
-        private update with per_example_grads "vmap" and "ghost" and of the
+        private update with per_example_grads "vmap", "ghost" and
+        "ghost_two_pass" and of the
         non-private update of the same model, one micro-batch of
         `batch_size` rows, K = 1 (compile only: independent of load).
 speed   the clipped-gradient sum alone (dpeq.privacy.clipping), vmap and
@@ -41,7 +42,7 @@ SPEED_CASES = {
                                (32, 32, 3)),
 }
 STRATEGIES = {name: per_example_grads.strategy(name)
-              for name in ("vmap", "ghost")}
+              for name in ("vmap", "ghost", "ghost_two_pass")}
 
 
 def memory_row(case: str, *, batch_size: int) -> dict:
@@ -93,19 +94,25 @@ def speed_row(case: str, *, batch_size: int, rounds: int) -> dict:
     row[f"{s}_s"] = seconds
     row[f"{s}_examples_per_s"] = batch_size / seconds
   row["ghost_speedup"] = row["vmap_s"] / row["ghost_s"]
+  row["ghost_two_pass_speedup"] = row["vmap_s"] / row["ghost_two_pass_s"]
   return row
 
 
 MEMORY_COLUMNS = (("case", "case"), ("num_params", "params"),
                   ("batch_size", "B"), ("vmap_mib", "vmap MiB"),
                   ("ghost_mib", "ghost MiB"),
+                  ("ghost_two_pass_mib", "ghost 2-pass MiB"),
                   ("non_private_mib", "non-private MiB"),
                   ("vmap_over_non_private", "vmap / non-private"),
-                  ("ghost_over_non_private", "ghost / non-private"))
+                  ("ghost_over_non_private", "ghost / non-private"),
+                  ("ghost_two_pass_over_non_private",
+                   "ghost 2-pass / non-private"))
 SPEED_COLUMNS = (("case", "case"), ("batch_size", "B"),
                  ("vmap_examples_per_s", "vmap ex/s"),
                  ("ghost_examples_per_s", "ghost ex/s"),
-                 ("ghost_speedup", "ghost speed-up"))
+                 ("ghost_two_pass_examples_per_s", "ghost 2-pass ex/s"),
+                 ("ghost_speedup", "ghost speed-up"),
+                 ("ghost_two_pass_speedup", "ghost 2-pass speed-up"))
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

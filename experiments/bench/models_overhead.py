@@ -181,7 +181,7 @@ def make_loss_fn(apply_fn):
 
 # The private step's per-example-gradient strategies, as the runner takes them.
 PER_EXAMPLE_GRADS = {name: per_example_grads.strategy(name)
-                     for name in ("vmap", "ghost")}
+                     for name in ("vmap", "ghost", "ghost_two_pass")}
 
 
 def make_steps(case: Case, *, batch_size: int, num_views: int,

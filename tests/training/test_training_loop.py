@@ -283,7 +283,7 @@ def test_ghost_and_vmap_runs_train_the_same_params(fashion_mnist_dir,
                                                    tmp_path):
   """per_example_grads is speed only: same noise, batches, updates."""
   finals = {}
-  for name in ("vmap", "ghost", "auto"):
+  for name in ("vmap", "ghost", "ghost_two_pass", "auto"):
     config = helpers_tiny_config.get_config("updates=2,reproducible=7")
     config.data.raw_dir = str(fashion_mnist_dir)
     config.data.cache_dir = str(tmp_path / "cache")
@@ -292,7 +292,7 @@ def test_ghost_and_vmap_runs_train_the_same_params(fashion_mnist_dir,
     loop.train(config, workdir=workdir)
     state, _ = checkpointing.read_checkpoint(workdir)
     finals[name] = helpers_runner.flat(state["params"])
-  for name in ("ghost", "auto"):
+  for name in ("ghost", "ghost_two_pass", "auto"):
     assert finals[name].keys() == finals["vmap"].keys()
     for key, value in finals["vmap"].items():
       np.testing.assert_allclose(finals[name][key], value, rtol=2e-4,

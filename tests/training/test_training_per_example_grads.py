@@ -33,7 +33,7 @@ def test_names_map_to_strategies_and_bad_names_are_refused():
   # vmap: the runner's (dpeq.xla: per-tap conv weight gradients on CPU).
   assert per_example_grads.strategy("vmap") is conv_weight_grads.vmap_gradients
   assert per_example_grads.strategy("ghost") is ghost_clipping.ghost_gradients
-  with pytest.raises(ValueError, match="vmap, ghost, auto"):
+  with pytest.raises(ValueError, match="vmap, ghost, ghost_two_pass, auto"):
     per_example_grads.strategy("fast")
 
 
