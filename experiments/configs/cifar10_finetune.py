@@ -1,8 +1,11 @@
 """Fine-tuning from a checkpoint on data at hand: CIFAR-10, public 0-4 -> private 5-9.
 
-  --config=experiments/configs/cifar10_finetune.py:stage=pretrain
-  --config=experiments/configs/cifar10_finetune.py:stage=finetune,eps=3 \
-      --config.finetune.init_from=runs/cifar10_finetune/pretrain
+  python -m dpeq.train \
+      --config=experiments/configs/cifar10_finetune.py:stage=pretrain \
+      --workdir=runs/cifar10_finetune/pretrain_eq_tramer_cnn_d1
+  python -m dpeq.train \
+      --config=experiments/configs/cifar10_finetune.py:stage=finetune,eps=3 \
+      --workdir=runs/cifar10_finetune/finetune_eps3
 
 De et al.'s headline setting (pretrain without privacy on public data,
 fine-tune with DP on the private data) shown end to end with the data here,
@@ -17,7 +20,8 @@ Arguments (defaults first):
          finetune: private on classes 5-9, all parameters, starting from
            the pretraining run's released last parameters with a fresh
            classifier (finetune.init_from, by default
-           runs/cifar10_finetune/pretrain);
+           runs/cifar10_finetune/pretrain_<model>, where
+           experiments/reproduce/cifar10_finetune.py puts it);
          finetune_head: the same, only the classifier trained (clipped,
            noised; the noise dimension is the classifier's);
          scratch: private on classes 5-9 from the model's initialisation
@@ -40,7 +44,7 @@ EPSILONS = (3, 1)
 MODELS = ("eq_tramer_cnn_d1", "cnn_tramer")
 PUBLIC_CLASSES = (0, 1, 2, 3, 4)
 PRIVATE_CLASSES = (5, 6, 7, 8, 9)
-PRETRAIN_WORKDIR = "runs/cifar10_finetune/pretrain"
+PRETRAIN_WORKDIR = "runs/cifar10_finetune/pretrain_{model}"
 EXPERIMENTS = tuple(["stage=pretrain"] + [
     f"stage={stage},eps={eps}" for stage in STAGES[1:] for eps in EPSILONS])
 _MODEL = {"eq_tramer_cnn_d1": ("eq_tramer_cnn", {"group": "D1"}),
@@ -78,7 +82,7 @@ def get_config(arg: str = ""):
     c.training.num_updates = 400
     c.data.classes = PRIVATE_CLASSES
     if stage != "scratch":
-      c.finetune.init_from = PRETRAIN_WORKDIR
+      c.finetune.init_from = PRETRAIN_WORKDIR.format(model=args["model"])
       c.finetune.replace_classifier = True
       c.finetune.trainable = "classifier" if stage == "finetune_head" else "all"
 

@@ -140,7 +140,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                       help="only rewrite the table from the recorded runs")
   args = parser.parse_args(argv)
   if not args.table:
-    pretrain = WORKDIRS / f"pretrain_{args.model}"
+    pretrain = pathlib.Path(
+        cifar10_finetune.PRETRAIN_WORKDIR.format(model=args.model))
     _run(f"pretrain_{args.model}", f"stage=pretrain,model={args.model}",
          seed=0, workdir=pretrain, init_from=None)
     for eps in args.eps:
