@@ -63,7 +63,6 @@ _PLAN_FIELDS = {
     "non_private": "dp.non_private",
     "expected_batch_size": "training.expected_batch_size",
     "num_updates": "training.num_updates",
-    "num_examples": "data (the training examples)",
 }
 
 
@@ -384,17 +383,16 @@ def privacy_plan(config: ConfigDict, *,
 
 
 def _plan_error(error: plan_lib.PlanError) -> ConfigError:
-  field = _PLAN_FIELDS[error.field]
-  if error.field == "num_examples":
+  if error.field == "num_examples":  # n comes from the data, not a field.
     return ConfigError(
         f"the training split has {error.value!r} examples; check "
         "config.data.dataset, config.data.train_split, config.data.classes "
         "and config.data.subset.")
   fix = error.fix
   for name, path in _PLAN_FIELDS.items():  # Speak in config fields.
-    fix = re.sub(rf"\b{name}\b", f"{path.split('.')[0]}.{name}"
-                 if "." in path else name, fix)
-  return ConfigError(f"config.{field}={error.value!r}: {fix}")
+    fix = re.sub(rf"\b{name}\b", path, fix)
+  return ConfigError(
+      f"config.{_PLAN_FIELDS[error.field]}={error.value!r}: {fix}")
 
 
 def resolve(config: ConfigDict, *, num_examples: int) -> ConfigDict:

@@ -182,10 +182,10 @@ def make_private_update(
                                           trainable)
     trainable = optax.apply_updates(trainable, updates)
     params = join(trainable, frozen)
-    averaged = averager.update(
-        {name: split(average)[0] for name, average in state.averages.items()},
-        trainable, update_index=state.update_step)
-    averages = {name: join(average, split(state.averages[name])[1])
+    parts = {name: split(average) for name, average in state.averages.items()}
+    averaged = averager.update({name: part[0] for name, part in parts.items()},
+                               trainable, update_index=state.update_step)
+    averages = {name: join(average, parts[name][1])
                 for name, average in averaged.items()}
     new_state = TrainState(params=params, opt_state=opt_state,
                            privatizer_state=privatizer_state,
