@@ -44,26 +44,41 @@ class EqResNet9(hk.Module):
       group: str = "D4",
       layout: tuple[int, int, int] = DEFAULT_LAYOUT,
       restrict: str = "halved",
+      fields: tuple[int, int, int] | None = None,
+      group_pool: bool = True,
+      weight_standardization: str = "layer",
       name: str | None = "eq_res_net9",
   ):
+    """See the module docstring. For designs such as
+    dpeq.models.eq_resnet9_lean: `fields` = (n1, n2, n3) replaces the width
+    rule (n3 counts fields of the last stage's group; None, the paper's
+    model: the width rule), and `group_pool=False` gives the head the last
+    stage's channels instead of one invariant per field, and
+    `weight_standardization="scaled"` replaces the paper's per-layer
+    standardization by dpeq.nn.R2Conv's scaled one."""
     super().__init__(name=name)
+    self.group_pool = group_pool
+    self.weight_standardization = weight_standardization
     self.num_classes = num_classes
     self.group = eq_common.get_group(group, model="eq_resnet9")
     c1, c2, c3 = layout
     self.restriction = eq_common.restriction(
         self.group, restrict, c3, model="eq_resnet9"
     )
-    self.widths = (
-        eq_common.num_fields(c1, self.group),
-        eq_common.num_fields(c2, self.group),
-        self.restriction.last_stage_fields,
-    )
+    if fields is None:
+      fields = (
+          eq_common.num_fields(c1, self.group),
+          eq_common.num_fields(c2, self.group),
+          self.restriction.last_stage_fields,
+      )
+    self.widths = tuple(fields)
 
   @hk.transparent
   def _block(self, x, in_type, out_type, *, pool: bool, name: str):
     x = eqnn.R2Conv(
-        in_type, out_type, 3, weight_standardization=True, name=f"{name}_conv"
-    )(x)
+        in_type, out_type, 3,
+        weight_standardization=self.weight_standardization,
+        name=f"{name}_conv")(x)
     x = eq_common.nonlinearity(out_type, eq_common.paper_activation(out_type),
                                name=f"{name}_act")(x)
     x = eq_common.norm(out_type, name=f"{name}_norm")(x)
@@ -79,7 +94,8 @@ class EqResNet9(hk.Module):
 
   @hk.transparent
   def features(self, images: jax.Array) -> jax.Array:
-    """Invariant feature map before the head: [B, H / 8, W / 8, n3]."""
+    """Feature map before the head: [B, H / 8, W / 8, n3] invariants (n3
+    |H| channels of the last stage's fields without group pooling)."""
     layers.check_images(images, model="eq_resnet9")
     group = self.group
     n1, n2, n3 = self.widths
@@ -101,6 +117,8 @@ class EqResNet9(hk.Module):
       t4 = eq_common.hidden_type(t4_in.group, n3)
     x = self._block(x, t4_in, t4, pool=True, name="conv4")
     x = self._residual(x, t4, name="res2")
+    if not self.group_pool:
+      return x
     return eq_common.group_pooling(t4, name="group_pooling")(x)
 
   def __call__(self, images: jax.Array, is_training: bool = False) -> jax.Array:

@@ -19,6 +19,7 @@ _BUILDERS: dict[str, tuple[str, str]] = {
     "cnn_tramer_cifar10": ("small_cnn", "cnn_tramer_cifar10"),
     "eq_cnn": ("eq_cnn", "eq_cnn"),
     "eq_resnet9": ("eq_resnet9", "eq_resnet9"),
+    "eq_resnet9_lean": ("eq_resnet9_lean", "eq_resnet9_lean"),
     "eq_tramer_cnn": ("eq_tramer_cnn", "eq_tramer_cnn"),
     "eq_wrn": ("eq_wrn", "eq_wrn"),
     "nf_resnet50": ("nf_resnet", "nf_resnet50"),

@@ -44,6 +44,11 @@ from dpeq.nn.field_type import FieldType
 _INIT_GAIN = 2.0
 # The paper's weight standardization: (w - mean) / (std + eps).
 _WS_EPS = 1e-5
+# Floor on the sum of squared deviations of the scaled standardization (as
+# WSConv2D's floor on var * fan_in).
+_SCALED_WS_EPS = 1e-4
+# weight_standardization values -> mode (None: off).
+_WS_MODES = {False: None, True: "layer", "layer": "layer", "scaled": "scaled"}
 
 
 @functools.lru_cache(maxsize=256)
@@ -88,16 +93,49 @@ def _coefficient_name(a: int, b: int, multiple: bool) -> str:
   return f"coefficients_{a}_{b}" if multiple else "coefficients"
 
 
+def _scaled_standardize(plan, coefficients: list) -> list:
+  """Per output field o of type b: (w - mean_o) * sqrt(size(b) / S_o), with
+  mean_o and S_o (sum of squared deviations) over the o-th output field's
+  coefficients of every pair (a, b); S_o floored at _SCALED_WS_EPS. With an
+  orthonormal basis each output field's expanded kernel then has squared
+  norm size(b): one per channel, as WSConv2D's scaled standardization with
+  gain 1 (Brock et al. 2021)."""
+  sums, counts = {}, {}
+  for (_, b, in_count, _, basis), w in zip(plan["pairs"], coefficients,
+                                            strict=True):
+    if w is not None:
+      sums[b] = sums.get(b, 0.0) + jnp.sum(w, axis=(0, 2))
+      counts[b] = counts.get(b, 0) + in_count * basis.shape[0]
+  means = {b: sums[b] / counts[b] for b in sums}
+  squares = {}
+  for (_, b, _, _, _), w in zip(plan["pairs"], coefficients, strict=True):
+    if w is not None:
+      deviation = w - means[b][None, :, None]
+      squares[b] = squares.get(b, 0.0) + jnp.sum(deviation**2, axis=(0, 2))
+  scales = {
+      b: jnp.sqrt(plan["out_kinds"][b][0].size)
+      * lax.rsqrt(jnp.maximum(squares[b], _SCALED_WS_EPS))
+      for b in squares
+  }
+  return [
+      None if w is None else (w - means[b][None, :, None])
+      * scales[b][None, :, None]
+      for (_, b, _, _, _), w in zip(plan["pairs"], coefficients, strict=True)
+  ]
+
+
 def _expand_kernel(plan, kernel_size: int, coefficients: list,
-                   weight_standardization: bool) -> jax.Array:
+                   weight_standardization: str | None) -> jax.Array:
   """HWIO kernel from the coefficients of each pair (None: empty basis)."""
-  if weight_standardization:
+  if weight_standardization == "layer":
     flat = jnp.concatenate([w.ravel() for w in coefficients if w is not None])
     mean, std = jnp.mean(flat), jnp.std(flat)
     coefficients = [
         None if w is None else (w - mean) / (std + _WS_EPS)
         for w in coefficients
     ]
+  elif weight_standardization == "scaled":
+    coefficients = _scaled_standardize(plan, coefficients)
   k = kernel_size
   rows = []
   for a, (in_rep, in_count) in enumerate(plan["in_kinds"]):
@@ -192,10 +230,16 @@ class R2Conv(hk.Module):
   orthonormal basis each output channel has twice the variance of i.i.d.
   input channels (He et al.); bias zero.
 
-  Weight standardization (the paper's form, Hölzl et al.): when enabled, the
-  coefficients used are (w - mean) / (std + 1e-5) with one mean and one
-  (biased) std over all coefficients of the layer, recomputed every call. It
-  acts on coefficients, so the kernel stays equivariant.
+  Weight standardization, recomputed every call; it acts on coefficients, so
+  the kernel stays equivariant:
+    True or "layer" (the paper's form, Hölzl et al.): (w - mean) / (std +
+      1e-5) with one mean and one (biased) std over all coefficients of the
+      layer (the output's scale then grows with the square root of the
+      fan-in);
+    "scaled" (dpeq's, the analogue of WSConv2D's scaled standardization
+      with gain 1): per output field, centred and scaled so that its
+      expanded kernel has squared norm size(field), i.e. unit-norm filters
+      per output channel whatever the fan-in.
   """
 
   def __init__(
@@ -208,7 +252,7 @@ class R2Conv(hk.Module):
       padding: str | int = "SAME",
       dilation: int = 1,
       bias: bool = True,
-      weight_standardization: bool = False,
+      weight_standardization: bool | str = False,
       name: str | None = None,
   ):
     """Builds the layer (and its numpy basis, cached across layers).
@@ -221,7 +265,8 @@ class R2Conv(hk.Module):
       padding: "SAME", "VALID" or a non-negative int padded on every side.
       dilation: kernel dilation.
       bias: whether to learn a bias on the trivial components.
-      weight_standardization: standardize the coefficients on every call.
+      weight_standardization: False, True / "layer" or "scaled" (see the
+        class docstring).
       name: Haiku module name.
 
     Raises:
@@ -258,7 +303,11 @@ class R2Conv(hk.Module):
           f"{padding!r} (asymmetric padding would break equivariance)."
       )
     self.with_bias = bool(bias)
-    self.weight_standardization = bool(weight_standardization)
+    if weight_standardization not in tuple(_WS_MODES):
+      raise ValueError(
+          "R2Conv: weight_standardization must be False, True, 'layer' or "
+          f"'scaled', got {weight_standardization!r}.")
+    self.weight_standardization = _WS_MODES[weight_standardization]
     self._plan = _plan(in_type, out_type, self.kernel_size)
     if not any(pair[-1].shape[0] for pair in self._plan["pairs"]):
       raise ValueError(

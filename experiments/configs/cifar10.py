@@ -5,7 +5,8 @@
 
 Arguments (defaults first):
   model  eq_resnet9_c4 | eq_resnet9_d4 | resnet9 | cnn_tramer |
-         eq_tramer_cnn_d1 | eq_tramer_cnn_c4 | eq_tramer_cnn_d4
+         eq_tramer_cnn_d1 | eq_tramer_cnn_c4 | eq_tramer_cnn_d4 |
+         eq_resnet9_lean_d1 | eq_resnet9_lean_c4 | eq_resnet9_lean_d4
          eq_resnet9_*: Hölzl et al.'s Equivariant-ResNet-9, layout (16, 32,
          64) fields by their width rule, last stage restricted to the
          subgroup of half the order;
@@ -15,6 +16,9 @@ Arguments (defaults first):
          params, tanh; they report 59.2% at eps 3);
          eq_tramer_cnn_*: dpeq.models.eq_tramer_cnn (Tramèr's small CNN made
          equivariant at Tramèr's widths), on 32x32x3;
+         eq_resnet9_lean_*: dpeq.models.eq_resnet9_lean, the Eq-ResNet-9
+         at resnet9's channels (16, 32, 64) (same cost per example, 1/|G|
+         of the convolution parameters);
   eps    3 | 1 | 2 | 8.
 
 All runs: Poisson sampling over the 50,000 training images (train_valid),
@@ -36,7 +40,8 @@ from dpeq.training import config as config_lib
 from experiments.configs import common
 
 MODELS = ("eq_resnet9_c4", "eq_resnet9_d4", "resnet9", "cnn_tramer",
-          "eq_tramer_cnn_d1", "eq_tramer_cnn_c4", "eq_tramer_cnn_d4")
+          "eq_tramer_cnn_d1", "eq_tramer_cnn_c4", "eq_tramer_cnn_d4",
+          "eq_resnet9_lean_d1", "eq_resnet9_lean_c4", "eq_resnet9_lean_d4")
 EPSILONS = (3, 1, 2, 8)
 # The config arguments of the CIFAR-10 table.
 EXPERIMENTS = tuple(
@@ -49,6 +54,9 @@ _MODEL = {
     "eq_tramer_cnn_d1": ("eq_tramer_cnn", {"group": "D1"}),
     "eq_tramer_cnn_c4": ("eq_tramer_cnn", {"group": "C4"}),
     "eq_tramer_cnn_d4": ("eq_tramer_cnn", {"group": "D4"}),
+    "eq_resnet9_lean_d1": ("eq_resnet9_lean", {"group": "D1"}),
+    "eq_resnet9_lean_c4": ("eq_resnet9_lean", {"group": "C4"}),
+    "eq_resnet9_lean_d4": ("eq_resnet9_lean", {"group": "D4"}),
 }
 # Tramèr & Boneh's optimizer for their tanh networks.
 _TRAMER_OPTIMIZER = ("cnn_tramer", "eq_tramer_cnn_d1", "eq_tramer_cnn_c4",

@@ -290,6 +290,27 @@ def chosen_params(model: str, selected: Mapping[str, Mapping[str, Any]],
   return swept or params_chosen.get(model, "last")
 
 
+def _row_label(record: Mapping[str, Any],
+               selected: Mapping[str, Mapping[str, Any]],
+               select_from: Mapping[str, str]) -> str:
+  """The final run's model name, marked when its recipe is not the one the
+  sweep selected (e.g. a run made before the sweep): such runs get a row of
+  their own instead of counting as seeds of the selected recipe."""
+  model = record["model"]
+  swept = selected.get(select_from.get(model, model), {}).get("overrides")
+  if swept is None:
+    return model
+  ran = record["overrides"]
+  differing = sorted(
+      key for key in set(swept) | set(ran)
+      if key != "training.num_updates" and swept.get(key) != ran.get(key))
+  if not differing:
+    return model
+  recipe = ", ".join(f"{key}={_text(ran.get(key, 'default'))}"
+                     for key in differing)
+  return f"{model} (not the swept recipe: {recipe})"
+
+
 def summarize(records: Iterable[Mapping[str, Any]],
               selected: Mapping[str, Mapping[str, Any]],
               select_from: Mapping[str, str] | None = None,
@@ -301,17 +322,19 @@ def summarize(records: Iterable[Mapping[str, Any]],
   """
   select_from = select_from or {}
   params_chosen = params_chosen or {}
-  groups: dict[tuple[str, float], list[Mapping[str, Any]]] = {}
+  groups: dict[tuple[str, float, str], list[Mapping[str, Any]]] = {}
   for record in records:
     if record["stage"] == "final":
-      groups.setdefault((record["model"], record["eps"]), []).append(record)
+      label = _row_label(record, selected, select_from)
+      groups.setdefault((label, record["eps"], record["model"]),
+                        []).append(record)
   rows = []
-  for (model, eps), runs in sorted(groups.items()):
+  for (label, eps, model), runs in sorted(groups.items()):
     params = chosen_params(model, selected, select_from, params_chosen)
     accuracies = [r["accuracy"][params] for r in runs]
     walls = [r["wall_s"] for r in runs]
     rows.append({
-        "model": model, "eps": eps, "params": params, "seeds": len(runs),
+        "model": label, "eps": eps, "params": params, "seeds": len(runs),
         "median": statistics.median(accuracies),
         "std": statistics.stdev(accuracies) if len(runs) > 1 else 0.0,
         "accuracies": accuracies, "wall_median_s": statistics.median(walls),

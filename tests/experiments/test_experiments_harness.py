@@ -53,15 +53,23 @@ def test_select_uses_validation_only_and_summarize_uses_selected_params():
       _record("m", "sweep", 3, 0, {"last": 0.80, "polyak": 0.82}, {"lr": 1}),
       _record("m", "sweep", 3, 0, {"last": 0.85, "polyak": 0.84}, {"lr": 2}),
       # A final run must never influence the selection.
-      _record("m", "final", 3, 0, {"last": 0.10, "polyak": 0.99}),
-      _record("m", "final", 3, 1, {"last": 0.30, "polyak": 0.10}),
-      _record("m", "final", 3, 2, {"last": 0.20, "polyak": 0.10}),
-      _record("m", "final", 8, 0, {"last": 0.50, "polyak": 0.10}),
+      _record("m", "final", 3, 0, {"last": 0.10, "polyak": 0.99}, {"lr": 2}),
+      _record("m", "final", 3, 1, {"last": 0.30, "polyak": 0.10}, {"lr": 2}),
+      _record("m", "final", 3, 2, {"last": 0.20, "polyak": 0.10},
+              {"lr": 2, "training.num_updates": 40}),
+      _record("m", "final", 8, 0, {"last": 0.50, "polyak": 0.10}, {"lr": 2}),
+      # A final run of another recipe (e.g. made before the sweep) is its own
+      # row, not a seed of the selected recipe.
+      _record("m", "final", 3, 0, {"last": 0.90, "polyak": 0.10}),
   ]
   selected = fmnist.select(records)
   assert selected["m"]["overrides"] == {"lr": 2}
   assert selected["m"]["params"] == "last"
-  rows = {r["eps"]: r for r in fmnist.summarize(records, selected)}
+  summary = fmnist.summarize(records, selected)
+  other = [r for r in summary if r["model"] != "m"]
+  assert [(r["model"], r["seeds"], r["median"]) for r in other] == [
+      ("m (not the swept recipe: lr=\"default\")", 1, 0.90)]
+  rows = {r["eps"]: r for r in summary if r["model"] == "m"}
   assert rows[3]["seeds"] == 3
   assert rows[3]["median"] == pytest.approx(0.20)
   assert rows[3]["std"] == pytest.approx(statistics.stdev([0.1, 0.3, 0.2]))
@@ -114,7 +122,8 @@ def test_cifar10_study_configs_are_valid_and_sweep_holds_out_the_test_set():
   assert groups == {"eq_resnet9_c4": "C4", "eq_resnet9_d4": "D4",
                     "resnet9": None, "cnn_tramer": None,
                     "eq_tramer_cnn_d1": "D1", "eq_tramer_cnn_c4": "C4",
-                    "eq_tramer_cnn_d4": "D4"}
+                    "eq_tramer_cnn_d4": "D4", "eq_resnet9_lean_d1": "D1",
+                    "eq_resnet9_lean_c4": "C4", "eq_resnet9_lean_d4": "D4"}
 
 
 def test_bench_case_runs_both_updates_on_the_same_views():

@@ -21,6 +21,7 @@ from dpeq import groups
 from dpeq import nn as eqnn
 from dpeq.models.eq_cnn import EqCNN
 from dpeq.models.eq_resnet9 import EqResNet9
+from dpeq.models.eq_resnet9_lean import lean_fields
 from dpeq.models.eq_tramer_cnn import EqTramerCNN
 from dpeq.models.eq_wrn import EqWideResNet
 from dpeq.nn.testing import random_params
@@ -44,6 +45,16 @@ CASES = {
         lambda: EqResNet9(num_classes=3, group="SO2", layout=(16, 16, 16),
                           restrict="none"),
         (16, 16, 3), "C4", [FLIP]),
+    "eq_resnet9_lean_D1": (
+        lambda: EqResNet9(num_classes=3, group="D1", layout=(8, 16, 16),
+                          restrict="none", fields=lean_fields(
+                              "D1", (8, 16, 16), "none", model="test")),
+        (16, 16, 3), "D1", [ROT90]),
+    "eq_resnet9_lean_C4_halved": (
+        lambda: EqResNet9(num_classes=3, group="C4", layout=(8, 16, 16),
+                          restrict="halved", fields=lean_fields(
+                              "C4", (8, 16, 16), "halved", model="test")),
+        (16, 16, 3), "C2", [ROT90, FLIP]),
     "eq_wrn_C4": (
         lambda: EqWideResNet(num_classes=3, group="C4", depth=10, width=1),
         (8, 8, 3), "C4", [FLIP]),

@@ -16,6 +16,8 @@ CASES = {
     "cnn_tramer_cifar10": ({}, (16, 16, 3)),
     "eq_cnn": ({"group": "SO2"}, (28, 28, 1)),
     "eq_resnet9": ({"group": "D4", "layout": (8, 16, 16)}, (16, 16, 3)),
+    "eq_resnet9_lean": ({"group": "D1", "channels": (8, 16, 16)},
+                        (16, 16, 3)),
     "eq_tramer_cnn": ({"group": "C4"}, (28, 28, 1)),
     "eq_wrn": ({"group": "C4", "depth": 10, "width": 1}, (8, 8, 3)),
     "nf_resnet50": ({}, (16, 16, 3)),

@@ -168,6 +168,37 @@ def test_eq_resnet9_default_is_the_papers_d4_model():
       eq_resnet9_formula("D4"))
 
 
+@pytest.mark.parametrize("group", ["D1", "C4", "D4"])
+def test_eq_resnet9_lean_keeps_resnet9_channels_with_a_gth_of_its_kernels(
+    group):
+  order = int(group[1:]) * (2 if group[0] == "D" else 1)
+  channels = (16, 32, 64)
+  n1, n2, n3 = (c // order for c in channels)  # regular fields, |G| channels
+  h = HARMONICS_3X3
+  expected = (eq_conv(3, n1, h) + eq_conv(n1 * order, n2, h)
+              + 2 * eq_conv(n2 * order, n2, h) + eq_conv(n2 * order, n3, h)
+              + 3 * eq_conv(n3 * order, n3, h) + linear(4 * n3, 10))
+  got = count_params("eq_resnet9_lean", image_shape=(32, 32, 3), group=group,
+                     group_pool=True)
+  assert got == expected
+  conventional = count_params("resnet9", image_shape=(32, 32, 3),
+                              layout=channels)
+  # Each conv has 8 / 9 of a 1 / |G| share of ResNet-9's kernel weights.
+  assert got < conventional / order
+  # Without group pooling the head sees the c3 channels, as ResNet-9's does.
+  no_pool = count_params("eq_resnet9_lean", image_shape=(32, 32, 3),
+                         group=group, group_pool=False)
+  assert no_pool - got == 4 * (channels[2] - n3) * 10
+
+
+def test_eq_resnet9_lean_refuses_channels_its_fields_cannot_carry():
+  with pytest.raises(ValueError, match="c2=30 is not a multiple of the order 4"):
+    dpeq.models.create("eq_resnet9_lean", num_classes=10, group="C4",
+                       channels=(16, 30, 64))
+  with pytest.raises(ValueError, match="finite group"):
+    dpeq.models.create("eq_resnet9_lean", num_classes=10, group="SO2")
+
+
 def test_eq_cnn_count_is_close_to_tramers():
   # 5x5 kernels: centre, ring 1 with j <= 3 and ring 2 with j <= 6.
   h = 1 + (1 + 2 * 3) + (1 + 2 * 6)

@@ -8,7 +8,7 @@ import pytest
 import dpeq.models
 
 NAMES = ("cnn_tramer", "cnn_tramer_cifar10", "eq_cnn", "eq_resnet9",
-         "eq_tramer_cnn", "eq_wrn", "nf_resnet50", "resnet9", "wrn")
+         "eq_resnet9_lean", "eq_tramer_cnn", "eq_wrn", "nf_resnet50", "resnet9", "wrn")
 
 
 def test_available_lists_the_documented_names():
@@ -19,6 +19,8 @@ def test_documented_kwargs():
   expected = {
       "cnn_tramer": set(), "cnn_tramer_cifar10": set(), "eq_cnn": {"group"},
       "eq_resnet9": {"group", "layout", "restrict"},
+      "eq_resnet9_lean": {"group", "channels", "restrict", "group_pool",
+                          "weight_standardization"},
       "eq_tramer_cnn": {"group", "channels", "activation", "group_pool"},
       "eq_wrn": {"group", "depth", "width"}, "nf_resnet50": set(),
       "resnet9": {"layout"}, "wrn": {"depth", "width"},

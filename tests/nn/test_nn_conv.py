@@ -181,6 +181,60 @@ def test_weight_standardization_acts_on_all_coefficients():
   assert not np.allclose(plain.apply(params), kernel)
 
 
+def test_scaled_weight_standardization_gives_unit_norm_filters_per_field():
+  d4 = groups.get_group("D4")
+  in_type, out_type = _mixed_types(d4)
+  model = hk.without_apply_rng(hk.transform(
+      lambda: R2Conv(in_type, out_type, weight_standardization="scaled",
+                     name="conv").kernel()))
+  params = random_params(model.init)
+  kernel = np.asarray(model.apply(params))
+  # Orthonormal basis: each output field's filters have squared norm equal
+  # to its number of channels, whatever the fan-in.
+  for field in out_type.field_slices:
+    norm2 = np.sum(kernel[..., field] ** 2)
+    assert norm2 == pytest.approx(field.stop - field.start, rel=1e-4)
+  # Invariant to an affine change of each output field's coefficients
+  # (one scale and shift per field, shared by every pair into that field),
+  # but not to a change that mixes fields' scales within one field.
+  rng = np.random.default_rng(3)
+  kinds = {}  # output representation index b -> per-field (scale, shift)
+
+  def per_field(name, w):
+    b = int(name.rsplit("_", 1)[1])
+    if b not in kinds:
+      kinds[b] = (rng.uniform(0.5, 3.0, w.shape[1]), rng.normal(size=w.shape[1]))
+    scale, shift = kinds[b]
+    return w * scale[None, :, None] + shift[None, :, None]
+
+  changed = {"conv": {k: (w if k == "bias" else per_field(k, w))
+                      for k, w in params["conv"].items()}}
+  np.testing.assert_allclose(model.apply(changed), kernel, rtol=1e-4,
+                             atol=1e-5)
+  name = sorted(k for k in params["conv"] if k != "bias")[0]
+  broken = {"conv": dict(params["conv"])}
+  w = np.array(broken["conv"][name])
+  w[0] *= 4.0  # one input field's weight within every output field
+  broken["conv"][name] = w
+  assert not np.allclose(model.apply(broken), kernel, atol=1e-3)
+  # And it stays exactly equivariant (it only rescales coefficients).
+  conv = _conv(in_type, out_type, weight_standardization="scaled")
+  x = np.random.default_rng(0).standard_normal((2, 9, 9, in_type.size))
+  x = x.astype(np.float32)
+  conv_params = random_params(conv.init, x)
+  apply = lambda inputs: conv.apply(conv_params, inputs)
+  for element in d4.grid_preserving_elements():
+    assert equivariance_error(apply, in_type, out_type, x, element) < EXACT
+
+
+def test_weight_standardization_refuses_unknown_modes():
+  c4 = groups.get_group("C4")
+  field_type = FieldType.regular(c4, 1)
+  with pytest.raises(ValueError, match="'layer' or 'scaled'"):
+    hk.transform(lambda: R2Conv(field_type, field_type,
+                                weight_standardization="per_channel")).init(None)
+
+
 def test_he_initialization_keeps_the_activation_scale():
   c4 = groups.get_group("C4")
   field_type = FieldType.regular(c4, 8)

@@ -38,6 +38,8 @@ CASES = {
     "eq_resnet9_d4": ({"group": "D4", "layout": (4, 8, 16)}, 16, 3),
     "eq_resnet9_c8": ({"group": "C8", "layout": (4, 8, 16)}, 16, 3),
     "eq_resnet9_so2": ({"group": "SO2", "layout": (4, 8, 16)}, 16, 3),
+    # scaled weight standardization, no group pooling (the defaults)
+    "eq_resnet9_lean_d1": ({"group": "D1", "channels": (4, 8, 16)}, 16, 3),
     "eq_wrn": ({"group": "C4", "depth": 10}, 8, 3),
     "resnet9": ({"layout": (4, 8, 16)}, 16, 3),
     "wrn": ({"depth": 10, "width": 1}, 8, 3),
