@@ -83,6 +83,7 @@ def _plan(in_type: FieldType, out_type: FieldType, kernel_size: int):
       "out_kinds": out_kinds,
       "pairs": pairs,
       "init_std": init_std,
+      "fan_in": fan_in,
       "in_gather": _inverse_permutation(in_order),
       "out_gather": _inverse_permutation(out_order),
       "bias_basis": out_type.trivial_basis.astype(np.float32),
@@ -100,13 +101,12 @@ def _scaled_standardize(plan, coefficients: list) -> list:
   orthonormal basis each output field's expanded kernel then has squared
   norm size(b): one per channel, as WSConv2D's scaled standardization with
   gain 1 (Brock et al. 2021)."""
-  sums, counts = {}, {}
-  for (_, b, in_count, _, basis), w in zip(plan["pairs"], coefficients,
-                                            strict=True):
+  sums = {}
+  for (_, b, _, _, _), w in zip(plan["pairs"], coefficients, strict=True):
     if w is not None:
       sums[b] = sums.get(b, 0.0) + jnp.sum(w, axis=(0, 2))
-      counts[b] = counts.get(b, 0) + in_count * basis.shape[0]
-  means = {b: sums[b] / counts[b] for b in sums}
+  # fan_in[b]: the coefficients per output field of type b (see _plan).
+  means = {b: sums[b] / plan["fan_in"][b] for b in sums}
   squares = {}
   for (_, b, _, _, _), w in zip(plan["pairs"], coefficients, strict=True):
     if w is not None:
