@@ -47,7 +47,7 @@ defaults: D1 70,530 (ResNet-9 (16, 32, 64): 155,802); C4 36,550; D4 19,560
 tests/models/test_models_param_counts.py derives them).
 """
 
-from dpeq.models import eq_common
+from dpeq.models import eq_common, layers
 from dpeq.models.eq_resnet9 import EqResNet9
 from dpeq.models.resnet9 import check_layout
 
@@ -88,6 +88,7 @@ def eq_resnet9_lean(
     restrict: str = "none",
     group_pool: bool = False,
     weight_standardization: str = "scaled",
+    input_padding: int = 0,
 ):
   """Equivariant-ResNet-9 with ResNet-9's channels (`group` finite).
 
@@ -97,6 +98,9 @@ def eq_resnet9_lean(
   invariant).
   `weight_standardization`: "layer" (the paper's) or "scaled" (per output
   field, unit-norm filters; see dpeq.nn.R2Conv).
+  `input_padding`: zeros added on each side of the images first. The three
+  2x2 pools keep the grid's symmetry only when the padded height and width
+  are multiples of 8 (a ValueError otherwise): 2 for 28x28 Fashion-MNIST.
   """
   if weight_standardization not in ("layer", "scaled"):
     raise ValueError(
@@ -105,7 +109,19 @@ def eq_resnet9_lean(
   fields = lean_fields(group, channels, restrict, model="eq_resnet9_lean")
   channels = tuple(channels)
 
+  input_padding = layers.check_padding(input_padding, model="eq_resnet9_lean")
+
   def forward(images, is_training=False):
+    layers.check_images(images, model="eq_resnet9_lean")
+    height, width = (size + 2 * input_padding for size in images.shape[1:3])
+    if height % 8 or width % 8:
+      raise ValueError(
+          f"eq_resnet9_lean: images of {images.shape[1]}x{images.shape[2]} "
+          f"padded by {input_padding} give {height}x{width}, not multiples "
+          "of 8, so the three 2x2 pools would break the equivariance; set "
+          "input_padding so that (size + 2 * input_padding) % 8 == 0 (2 for "
+          "28x28).")
+    images = layers.pad_images(images, input_padding)
     return EqResNet9(
         num_classes=num_classes, group=group, layout=channels,
         restrict=restrict, fields=fields, group_pool=bool(group_pool),

@@ -25,6 +25,28 @@ def check_images(images: jax.Array, *, model: str) -> None:
     )
 
 
+def pad_images(images: jax.Array, padding: int) -> jax.Array:
+  """Zero-pads NHWC `images` by `padding` pixels on each spatial side.
+
+  Zero is the mean pixel of normalized images; padding both sides equally
+  keeps the grid's centre, so mirrored or rotated inputs stay mirrored or
+  rotated.
+  """
+  if padding == 0:
+    return images
+  return jnp.pad(images, ((0, 0), (padding, padding), (padding, padding),
+                          (0, 0)))
+
+
+def check_padding(padding, *, model: str) -> int:
+  """Returns `padding` as int, or raises ValueError unless it is an int >= 0."""
+  if isinstance(padding, bool) or int(padding) != padding or padding < 0:
+    raise ValueError(
+        f"{model}: input_padding must be an int >= 0 (pixels added on each "
+        f"side), got {padding!r}.")
+  return int(padding)
+
+
 def check_positive_int(value, *, name: str) -> int:
   """Returns `value` as int, or raises ValueError if it is not a positive int."""
   if isinstance(value, bool) or int(value) != value or value < 1:

@@ -80,11 +80,19 @@ class ResNet9(hk.Module):
     return hk.Linear(self.num_classes, name=layers.CLASSIFIER_NAME)(x)
 
 
-def resnet9(*, num_classes: int, layout: tuple[int, int, int] = DEFAULT_LAYOUT):
-  """Conventional ResNet-9 with channel `layout` (c1, c2, c3)."""
+def resnet9(*, num_classes: int, layout: tuple[int, int, int] = DEFAULT_LAYOUT,
+            input_padding: int = 0):
+  """Conventional ResNet-9 with channel `layout` (c1, c2, c3).
+
+  `input_padding`: zeros added on each side of the images first (2 makes
+  28x28 inputs 32x32, the grid of eq_resnet9_lean on Fashion-MNIST).
+  """
   layout = check_layout(layout, model="resnet9")
+  input_padding = layers.check_padding(input_padding, model="resnet9")
 
   def forward(images, is_training=False):
+    layers.check_images(images, model="resnet9")
+    images = layers.pad_images(images, input_padding)
     return ResNet9(num_classes=num_classes, layout=layout)(images, is_training)
 
   return forward

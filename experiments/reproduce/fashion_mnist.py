@@ -35,6 +35,14 @@ MODELS = {
     "eq_tramer_cnn_d1": ("eq_tramer_cnn", {}),
     # Tramer's CNN given the same ~15 min (its best batch, 2048).
     "cnn_tramer_15min": ("cnn_tramer", {"training.num_updates": 1000}),
+    # The CIFAR-10 pair (dpeq.models.eq_resnet9_lean D1 against ResNet-9 at
+    # the same channels), both on the 28x28 images zero-padded to 32x32:
+    # the same cost per example and the same updates.
+    "eq_resnet9_lean_d1": ("eq_resnet9_lean", {}),
+    "resnet9_32": ("resnet9", {"model.kwargs.input_padding": 2,
+                               "training.expected_batch_size": 1024,
+                               "training.micro_batch_size": 128,
+                               "training.optimizer.learning_rate": 4.0}),
 }
 
 # Candidate recipes per model for the sweep (overrides of the config file).
@@ -46,6 +54,12 @@ SWEEP = {
          "training.optimizer.momentum": 0.9, "dp.l2_clip_norm": 0.1},
     ),
 }
+SWEEP.update({
+    "eq_resnet9_lean_d1": (
+        {}, {"training.optimizer.learning_rate": 2.0}),
+    "resnet9_32": (
+        {}, {"training.optimizer.learning_rate": 2.0}),
+})
 # Models that take the recipe selected for another model (not swept).
 SELECT_FROM = {"eq_cnn_d4": "eq_cnn_c4"}
 # Length of the final runs (on top of the selected recipe), sized for minutes
@@ -66,6 +80,10 @@ FINAL_LENGTH = {
     "eq_cnn_d4": {"training.expected_batch_size": 1024,
                   "training.micro_batch_size": 128,
                   "training.num_updates": 200},
+    # CIFAR-10's 360 updates of 1024 took 32 min idle for both models at
+    # 32x32x3; 300 here (the 32x32x1 inputs cost about the same per example).
+    "eq_resnet9_lean_d1": {"training.num_updates": 300},
+    "resnet9_32": {"training.num_updates": 300},
 }
 
 # Chosen on validation by the ablation (fashion_mnist_ablation.md, arm

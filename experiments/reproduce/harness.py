@@ -315,21 +315,23 @@ def summarize(records: Iterable[Mapping[str, Any]],
               selected: Mapping[str, Mapping[str, Any]],
               select_from: Mapping[str, str] | None = None,
               params_chosen: Mapping[str, str] | None = None) -> list[dict]:
-  """Final runs grouped by (model, eps): median and std over seeds.
+  """Final runs grouped by (model, eps, number of updates): median and std
+  over seeds (runs of another length are another row, never seeds).
 
   The reported accuracy of a run is that of the params chosen on validation
   for its model (`chosen_params`).
   """
   select_from = select_from or {}
   params_chosen = params_chosen or {}
-  groups: dict[tuple[str, float, str], list[Mapping[str, Any]]] = {}
+  groups: dict[tuple[str, float, int, str], list[Mapping[str, Any]]] = {}
   for record in records:
     if record["stage"] == "final":
       label = _row_label(record, selected, select_from)
-      groups.setdefault((label, record["eps"], record["model"]),
-                        []).append(record)
+      groups.setdefault(
+          (label, record["eps"], int(record["num_updates"]), record["model"]),
+          []).append(record)
   rows = []
-  for (label, eps, model), runs in sorted(groups.items()):
+  for (label, eps, _, model), runs in sorted(groups.items()):
     params = chosen_params(model, selected, select_from, params_chosen)
     accuracies = [r["accuracy"][params] for r in runs]
     walls = [r["wall_s"] for r in runs]
@@ -380,14 +382,31 @@ def plot(study: Study, rows: Sequence[Mapping[str, Any]],
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, ax = plt.subplots(figsize=(5, 3.5))
-  for model in sorted({r["model"] for r in rows}):
+  lengths = _lengths_per_model(rows)
+  for model, num_updates in sorted(
+      {(r["model"], r["num_updates"]) for r in rows}):
     points = sorted((r["eps"], r["median"], r["std"]) for r in rows
-                    if r["model"] == model)
+                    if (r["model"], r["num_updates"]) == (model, num_updates))
     ax.errorbar([p[0] for p in points], [100 * p[1] for p in points],
                 yerr=[100 * p[2] for p in points], marker="o", capsize=3,
-                label=model)
+                label=_series_label(model, num_updates, lengths))
   _finish_plot(study, fig, ax, path, xlabel="epsilon",
                title=f"{study.title}, DP-SGD from scratch")
+
+
+def _lengths_per_model(runs: Iterable[Mapping[str, Any]]) -> dict[str, set]:
+  lengths = {}
+  for run in runs:
+    lengths.setdefault(run["model"], set()).add(run["num_updates"])
+  return lengths
+
+
+def _series_label(model: str, num_updates: int,
+                  lengths: Mapping[str, set]) -> str:
+  """`model`, with its length when the model ran at several lengths."""
+  if len(lengths.get(model, ())) > 1:
+    return f"{model}, T = {num_updates}"
+  return model
 
 
 def _finish_plot(study: Study, fig, ax, path: pathlib.Path, *, xlabel: str,
@@ -421,8 +440,11 @@ def plot_wallclock(study: Study, records: Iterable[Mapping[str, Any]],
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, ax = plt.subplots(figsize=(5.5, 3.5))
   colours = {}
-  for record in sorted(runs, key=lambda r: (r["model"], r["seed"])):
+  lengths = _lengths_per_model(runs)
+  for record in sorted(runs, key=lambda r: (r["model"], r["num_updates"],
+                                            r["seed"])):
     model = record["model"]
+    series = _series_label(model, record["num_updates"], lengths)
     params = chosen_params(model, selected, study.select_from,
                            study.params_chosen)
     curve = record.get("curve") or [{
@@ -430,9 +452,9 @@ def plot_wallclock(study: Study, records: Iterable[Mapping[str, Any]],
     xs = [point["train_seconds"] / 60 for point in curve]
     ys = [100 * point["accuracy"][params] for point in curve]
     line, = ax.plot(xs, ys, marker="o", markersize=3, linewidth=1,
-                    color=colours.get(model),
-                    label=None if model in colours else model)
-    colours[model] = line.get_color()
+                    color=colours.get(series),
+                    label=None if series in colours else series)
+    colours[series] = line.get_color()
   _finish_plot(
       study, fig, ax, path,
       xlabel="training wall-clock (min, 2-core CPU; evaluations excluded)",

@@ -77,6 +77,35 @@ def test_select_uses_validation_only_and_summarize_uses_selected_params():
   assert "20.00 +- 10.00" in fmnist.table_markdown([rows[3]])
 
 
+def test_final_runs_of_another_length_are_another_row_not_seeds():
+  selected = {"m": {"overrides": {"lr": 2}, "params": "last"}}
+  short = [_record("m", "final", 3, seed, {"last": accuracy}, {"lr": 2})
+           for seed, accuracy in ((0, 0.6), (1, 0.7))]
+  long = {**_record("m", "final", 3, 0, {"last": 0.9},
+                    {"lr": 2, "training.num_updates": 20}), "num_updates": 20}
+  rows = harness.summarize([*short, long], selected)
+  assert [(r["model"], r["num_updates"], r["seeds"], r["median"])
+          for r in rows] == [("m", 10, 2, pytest.approx(0.65)),
+                             ("m", 20, 1, 0.9)]
+
+
+def test_fashion_mnist_resnet_pair_runs_the_same_grid_batch_and_length():
+  lean, conventional = (
+      fmnist.make_config(fmnist.Run(model, 3, 0, (), "final"))
+      for model in ("eq_resnet9_lean_d1", "resnet9_32"))
+  for config in (lean, conventional):
+    config_lib.validate(config)
+    assert config.model.kwargs.input_padding == 2  # 28x28 -> 32x32
+  assert (lean.model.name, conventional.model.name) == (
+      "eq_resnet9_lean", "resnet9")
+  assert lean.model.kwargs.group == "D1"
+  assert tuple(conventional.model.kwargs.layout) == (16, 32, 64)
+  for field in ("expected_batch_size", "num_updates"):
+    assert lean.training[field] == conventional.training[field], field
+  assert (lean.training.optimizer.learning_rate
+          == conventional.training.optimizer.learning_rate)
+
+
 def test_reproduce_configs_are_valid_and_sweep_holds_out_the_test_set():
   sweep = fmnist.make_config(fmnist.Run(
       "eq_cnn_d4", 3, 0, (("training.optimizer.learning_rate", 4.0),),
@@ -215,10 +244,19 @@ def test_final_runs_at_the_sweep_epsilon_trace_accuracy_against_wall_clock(
   assert curve[1]["accuracy"] == {"last": 0.6, "ema_0.999": 0.61}
   records = [
       {"stage": "final", "eps": 3, "model": "cnn_tramer", "seed": 0,
-       "wall_s": 4.0, "accuracy": {"last": 0.7}, "curve": curve},
+       "num_updates": 5, "wall_s": 4.0, "accuracy": {"last": 0.7},
+       "curve": curve},
       {"stage": "final", "eps": 3, "model": "resnet9", "seed": 0,
-       "wall_s": 9.0, "accuracy": {"last": 0.8}},  # no curve: one point
+       "num_updates": 5, "wall_s": 9.0,
+       "accuracy": {"last": 0.8}},  # no curve: one point
+      {"stage": "final", "eps": 3, "model": "resnet9", "seed": 0,
+       "num_updates": 9, "wall_s": 16.0, "accuracy": {"last": 0.85}},
   ]
+  # A model run at two lengths gets a series per length.
+  lengths = harness._lengths_per_model(records)
+  assert [harness._series_label(r["model"], r["num_updates"], lengths)
+          for r in records] == ["cnn_tramer", "resnet9, T = 5",
+                                "resnet9, T = 9"]
   path = tmp_path / "plot.png"
   assert harness.plot_wallclock(study, records, {}, path)
   assert path.read_bytes()[:4] == b"\x89PNG"

@@ -20,10 +20,10 @@ def test_documented_kwargs():
       "cnn_tramer": set(), "cnn_tramer_cifar10": set(), "eq_cnn": {"group"},
       "eq_resnet9": {"group", "layout", "restrict"},
       "eq_resnet9_lean": {"group", "channels", "restrict", "group_pool",
-                          "weight_standardization"},
+                          "weight_standardization", "input_padding"},
       "eq_tramer_cnn": {"group", "channels", "activation", "group_pool"},
       "eq_wrn": {"group", "depth", "width"}, "nf_resnet50": set(),
-      "resnet9": {"layout"}, "wrn": {"depth", "width"},
+      "resnet9": {"layout", "input_padding"}, "wrn": {"depth", "width"},
   }
   for name in NAMES:
     assert set(dpeq.models.model_kwargs(name)) == expected[name], name
