@@ -40,6 +40,7 @@ from typing import Any
 
 from dpeq.training import loop
 from experiments.bench import common
+from experiments.reproduce import plots
 
 RESULTS_DIR = pathlib.Path(__file__).resolve().parents[1] / "results"
 PARAMS = ("last", "ema_0.999", "polyak")
@@ -376,92 +377,6 @@ def sweep_markdown(records: Iterable[Mapping[str, Any]]) -> str:
   return "\n".join(lines)
 
 
-def plot(study: Study, rows: Sequence[Mapping[str, Any]],
-         path: pathlib.Path) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(5, 3.5))
-  lengths = _lengths_per_model(rows)
-  for model, num_updates in sorted(
-      {(r["model"], r["num_updates"]) for r in rows}):
-    points = sorted((r["eps"], r["median"], r["std"]) for r in rows
-                    if (r["model"], r["num_updates"]) == (model, num_updates))
-    ax.errorbar([p[0] for p in points], [100 * p[1] for p in points],
-                yerr=[100 * p[2] for p in points], marker="o", capsize=3,
-                label=_series_label(model, num_updates, lengths))
-  _finish_plot(study, fig, ax, path, xlabel="epsilon",
-               title=f"{study.title}, DP-SGD from scratch")
-
-
-def _lengths_per_model(runs: Iterable[Mapping[str, Any]]) -> dict[str, set]:
-  lengths = {}
-  for run in runs:
-    lengths.setdefault(run["model"], set()).add(run["num_updates"])
-  return lengths
-
-
-def _series_label(model: str, num_updates: int,
-                  lengths: Mapping[str, set]) -> str:
-  """`model`, with its length when the model ran at several lengths."""
-  if len(lengths.get(model, ())) > 1:
-    return f"{model}, T = {num_updates}"
-  return model
-
-
-def _finish_plot(study: Study, fig, ax, path: pathlib.Path, *, xlabel: str,
-                 title: str) -> None:
-  """Reference lines, labels, grid and legend; saves and closes `fig`."""
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  for value, label in study.reference_lines:
-    ax.axhline(value, color="grey", linestyle=":", label=label)
-  ax.set_xlabel(xlabel)
-  ax.set_ylabel("test accuracy (%)")
-  ax.set_title(title)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-
-
-def plot_wallclock(study: Study, records: Iterable[Mapping[str, Any]],
-                   selected: Mapping[str, Mapping[str, Any]],
-                   path: pathlib.Path) -> bool:
-  """Test accuracy against training wall-clock of the final runs at
-  `sweep_epsilon` (one line per run; a run without a curve is one point).
-  Returns False (and writes nothing) when there are no such runs."""
-  runs = [r for r in records if r["stage"] == "final"
-          and r["eps"] == study.sweep_epsilon]
-  if not runs:
-    return False
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(5.5, 3.5))
-  colours = {}
-  lengths = _lengths_per_model(runs)
-  for record in sorted(runs, key=lambda r: (r["model"], r["num_updates"],
-                                            r["seed"])):
-    model = record["model"]
-    series = _series_label(model, record["num_updates"], lengths)
-    params = chosen_params(model, selected, study.select_from,
-                           study.params_chosen)
-    curve = record.get("curve") or [{
-        "train_seconds": record["wall_s"], "accuracy": record["accuracy"]}]
-    xs = [point["train_seconds"] / 60 for point in curve]
-    ys = [100 * point["accuracy"][params] for point in curve]
-    line, = ax.plot(xs, ys, marker="o", markersize=3, linewidth=1,
-                    color=colours.get(series),
-                    label=None if series in colours else series)
-    colours[series] = line.get_color()
-  _finish_plot(
-      study, fig, ax, path,
-      xlabel="training wall-clock (min, 2-core CPU; evaluations excluded)",
-      title=f"{study.title}, eps = {study.sweep_epsilon:g}")
-  return True
-
-
 def write_table(study: Study, results_dir: pathlib.Path) -> pathlib.Path:
   records = load_records(study, results_dir)
   selected = select(records)
@@ -493,9 +408,18 @@ def write_table(study: Study, results_dir: pathlib.Path) -> pathlib.Path:
   results_dir.mkdir(parents=True, exist_ok=True)
   (results_dir / study.table_file).write_text("\n".join(text))
   if rows:
-    plot(study, rows, results_dir / study.plot_file)
-  plot_wallclock(study, records, selected,
-                 results_dir / study.wallclock_plot_file)
+    plots.accuracy_vs_epsilon(
+        rows, results_dir / study.plot_file,
+        title=f"{study.title}, DP-SGD from scratch",
+        reference_lines=study.reference_lines)
+  plots.accuracy_vs_wallclock(
+      [r for r in records
+       if r["stage"] == "final" and r["eps"] == study.sweep_epsilon],
+      lambda model: chosen_params(model, selected, study.select_from,
+                                  study.params_chosen),
+      results_dir / study.wallclock_plot_file,
+      title=f"{study.title}, eps = {study.sweep_epsilon:g}",
+      reference_lines=study.reference_lines)
   return results_dir / study.table_file
 
 

@@ -16,7 +16,7 @@ from experiments.bench import common, models_overhead
 from experiments.bench import run as bench_run
 from experiments.reproduce import cifar10 as cifar10_study
 from experiments.reproduce import fashion_mnist as fmnist
-from experiments.reproduce import harness
+from experiments.reproduce import harness, plots
 
 
 def test_markdown_table_formats_rows_and_missing_values():
@@ -253,15 +253,35 @@ def test_final_runs_at_the_sweep_epsilon_trace_accuracy_against_wall_clock(
        "num_updates": 9, "wall_s": 16.0, "accuracy": {"last": 0.85}},
   ]
   # A model run at two lengths gets a series per length.
-  lengths = harness._lengths_per_model(records)
-  assert [harness._series_label(r["model"], r["num_updates"], lengths)
+  lengths = plots.lengths_per_model(records)
+  assert [plots.series_label(r["model"], r["num_updates"], lengths)
           for r in records] == ["cnn_tramer", "resnet9, T = 5",
                                 "resnet9, T = 9"]
   path = tmp_path / "plot.png"
-  assert harness.plot_wallclock(study, records, {}, path)
+  assert plots.accuracy_vs_wallclock(
+      records, lambda model: "last", path, title="t",
+      reference_lines=study.reference_lines)
   assert path.read_bytes()[:4] == b"\x89PNG"
-  assert not harness.plot_wallclock(study, records[:0], {}, tmp_path / "x.png")
+  assert not plots.accuracy_vs_wallclock(
+      records[:0], lambda model: "last", tmp_path / "x.png", title="t")
   assert not (tmp_path / "x.png").exists()
+
+
+def test_write_table_writes_the_table_and_both_plots(tmp_path):
+  study = fmnist.STUDY
+  records = [
+      {**_record("m", "final", eps, 0, {"last": 0.5 + eps / 100}),
+       "num_updates": 10} for eps in (1, 3)]
+  records.append({**_record("m", "final", 3, 0, {"last": 0.8}), "key": "x",
+                  "num_updates": 20})
+  records.append(_record("m", "sweep", 3, 0, {"last": 0.4}))
+  (tmp_path / study.runs_file).write_text(
+      "\n".join(json.dumps(r) for r in records))
+  table = harness.write_table(study, tmp_path).read_text()
+  assert "| m | 3 | last | 53.00 +- 0.00 | 1 | 10 |" in table
+  assert "| m | 3 | last | 80.00 +- 0.00 | 1 | 20 |" in table
+  for name in (study.plot_file, study.wallclock_plot_file):
+    assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_a_validation_choice_made_outside_the_sweep_picks_the_reported_params():
